@@ -1,0 +1,134 @@
+// Package enforce is where policy meets facts: it turns (namespace, image,
+// credentials) into a Decision, and it writes every denial message. Nothing
+// here knows about gRPC or CRI types; the proxy translates.
+package enforce
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Verdict is the outcome of a decision.
+type Verdict string
+
+const (
+	Admit Verdict = "admit"
+	Deny  Verdict = "deny"
+)
+
+// Category is the prefix kubelet maps to a pod reason. Only two exist so that
+// the pod's status tells an operator whether to fix the image or the network.
+type Category string
+
+const (
+	// SignatureValidationFailed covers every policy, trust and VA denial.
+	SignatureValidationFailed Category = "SignatureValidationFailed"
+	// RegistryUnavailable means pullguard could not reach what it needed to decide.
+	RegistryUnavailable Category = "RegistryUnavailable"
+	// InvalidImage is a request that cannot be decided at all (malformed name).
+	InvalidImage Category = "InvalidImage"
+)
+
+// Operation says which CRI call asked, for logs and messages.
+type Operation string
+
+const (
+	OpPull   Operation = "pull"
+	OpCreate Operation = "create"
+	OpCheck  Operation = "check"
+)
+
+// Request is what the proxy (or `pullguard check`) asks about.
+type Request struct {
+	Op        Operation
+	Namespace string // "" when the call carried no pod: the cluster policy decides
+	Image     string // as the client wrote it
+	// Digest, when known (create time), is the content the rules are
+	// checked against instead of resolving Image again.
+	Digest string
+	// Credentials for the registry, from the pull; used for this decision only.
+	Credentials *Credentials
+}
+
+// Credentials are registry credentials kubelet sent with a pull. They are
+// never logged: String hides them.
+type Credentials struct {
+	Host          string
+	Username      string
+	Password      string
+	IdentityToken string
+	RegistryToken string
+}
+
+func (c *Credentials) String() string { return "<credentials redacted>" }
+
+// Decision is the answer, with everything a denial message and an audit log
+// line need.
+type Decision struct {
+	Verdict  Verdict
+	Category Category // set when Verdict is Deny, or when an audit-mode rule would have denied
+	// Audited is true when the rule is in audit mode and would have denied:
+	// the image is admitted and the would-be denial is logged.
+	Audited bool
+
+	Op        Operation
+	Namespace string
+	Image     string // normalised when it could be parsed, else as given
+	Digest    string // resolved or verified digest, when known
+	// PinnedRef is repo@digest: what the pull must fetch so that what lands
+	// is what was verified. Empty when nothing was resolved.
+	PinnedRef string
+
+	Policy     string // e.g. `ImagePolicy team-a/strict (policies/team-a.yaml)`
+	Rule       string // the repositories[].name that matched
+	PolicyHash string
+	Reason     string
+	Details    []string // per-signature / per-finding explanation lines for `check`
+	Latency    time.Duration
+}
+
+// Denied reports whether the caller must refuse the request.
+func (d *Decision) Denied() bool { return d.Verdict == Deny }
+
+// Message is the one-line text a client sees on denial. It starts with the
+// category so that kubelet sets the pod's reason from it.
+func (d *Decision) Message() string {
+	var b strings.Builder
+	cat := d.Category
+	if cat == "" {
+		cat = SignatureValidationFailed
+	}
+	b.WriteString(string(cat))
+	b.WriteString(": ")
+	switch cat {
+	case RegistryUnavailable:
+		fmt.Fprintf(&b, "pullguard could not decide on image %q for %s", d.Image, d.nsPhrase())
+	case InvalidImage:
+		fmt.Fprintf(&b, "pullguard refused image %q for %s", d.Image, d.nsPhrase())
+	default:
+		fmt.Fprintf(&b, "pullguard denied image %q for %s", d.Image, d.nsPhrase())
+	}
+	if d.Digest != "" {
+		fmt.Fprintf(&b, " (digest %s)", d.Digest)
+	}
+	if d.Policy != "" {
+		fmt.Fprintf(&b, ": %s", d.Policy)
+		if d.Rule != "" {
+			fmt.Fprintf(&b, " rule %q", d.Rule)
+		}
+	}
+	if d.Reason != "" {
+		b.WriteString(": ")
+		b.WriteString(d.Reason)
+	}
+	// One line: kubelet shows it in events and pod status.
+	return strings.ReplaceAll(b.String(), "\n", " ")
+}
+
+func (d *Decision) nsPhrase() string {
+	if d.Namespace == "" {
+		return "the cluster policy (no pod namespace in the request)"
+	}
+	return fmt.Sprintf("namespace %q", d.Namespace)
+}

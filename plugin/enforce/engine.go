@@ -1,0 +1,178 @@
+package enforce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/pullguard/pullguard/plugin/policy"
+)
+
+// Options configure an Engine.
+type Options struct {
+	Logger *slog.Logger
+	// Timeout bounds one decision, registry calls included. kubelet pulls
+	// serially, so a slow decision stalls every pull on the node.
+	Timeout time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Observer, if set, sees every decision (metrics).
+	Observer Observer
+}
+
+// Observer is told of every decision, after it is made.
+type Observer interface {
+	ObserveDecision(d *Decision)
+}
+
+// Engine decides. It is safe for concurrent use; policies can be swapped
+// while decisions are in flight (each decision uses one snapshot).
+type Engine struct {
+	opts     Options
+	log      *slog.Logger
+	policies atomic.Pointer[policy.Set]
+}
+
+// New returns an Engine deciding with set.
+func New(set *policy.Set, opts Options) *Engine {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	e := &Engine{opts: opts, log: opts.Logger}
+	e.policies.Store(set)
+	return e
+}
+
+// SetPolicies replaces the policy set for decisions that start afterwards.
+func (e *Engine) SetPolicies(set *policy.Set) { e.policies.Store(set) }
+
+// Policies returns the set in force.
+func (e *Engine) Policies() *policy.Set { return e.policies.Load() }
+
+// Decide evaluates req and writes one audit log line.
+func (e *Engine) Decide(ctx context.Context, req Request) *Decision {
+	start := e.opts.Now()
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
+	defer cancel()
+
+	d := e.decide(ctx, req)
+	d.Latency = e.opts.Now().Sub(start)
+	e.audit(ctx, d)
+	if e.opts.Observer != nil {
+		e.opts.Observer.ObserveDecision(d)
+	}
+	return d
+}
+
+func (e *Engine) decide(ctx context.Context, req Request) *Decision {
+	set := e.policies.Load()
+	d := &Decision{Op: req.Op, Namespace: req.Namespace, Image: req.Image, Digest: req.Digest}
+	if set == nil {
+		return d.deny(SignatureValidationFailed, "no policies are loaded")
+	}
+	d.PolicyHash = set.Hash()
+
+	m, err := set.Match(req.Namespace, req.Image)
+	if err != nil {
+		if errors.Is(err, policy.ErrInvalidImage) {
+			return d.deny(InvalidImage, err.Error())
+		}
+		return d.deny(SignatureValidationFailed, fmt.Sprintf("match policies: %v", err))
+	}
+	if m.Image != nil {
+		d.Image = m.Image.String()
+	}
+	if m.Policy != nil {
+		d.Policy = describePolicy(m.Policy)
+	}
+	if m.Rule == nil {
+		return d.deny(SignatureValidationFailed, m.Reason)
+	}
+	d.Rule = m.Rule.Name
+	audit := m.Rule.Mode == policy.ModeAudit
+
+	reason, cat := e.check(ctx, m, d)
+	if reason == "" {
+		d.Verdict = Admit
+		if d.Reason == "" {
+			d.Reason = "admitted"
+		}
+		return d
+	}
+	d.deny(cat, reason)
+	if audit {
+		// Audit mode decides and reports, never blocks.
+		d.Verdict = Admit
+		d.Audited = true
+	}
+	return d
+}
+
+// check runs the checks the matched rule requires and returns why the image
+// fails them ("" when it passes).
+func (e *Engine) check(ctx context.Context, m *policy.Match, d *Decision) (string, Category) {
+	c := m.Rule.Checks
+	if !c.Trust.Enabled && !c.VA.Enabled {
+		d.Reason = "rule requires no checks"
+		return "", ""
+	}
+	// Until verification is wired in, a rule that asks for a check must
+	// never admit: saying so is better than pretending it passed.
+	var missing []string
+	if c.Trust.Enabled {
+		missing = append(missing, "trust (signature verification)")
+	}
+	if c.VA.Enabled {
+		missing = append(missing, "va (vulnerability assessment)")
+	}
+	return fmt.Sprintf("the rule requires %s, which this pullguard build cannot check yet", joinAnd(missing)), SignatureValidationFailed
+}
+
+func (d *Decision) deny(cat Category, reason string) *Decision {
+	d.Verdict = Deny
+	d.Category = cat
+	d.Reason = reason
+	return d
+}
+
+func describePolicy(p *policy.Policy) string {
+	name := p.Name
+	if p.Kind == policy.KindNamespace && p.Namespace != "" {
+		name = p.Namespace + "/" + p.Name
+	}
+	s := fmt.Sprintf("%s %s", p.Kind, name)
+	if p.Source != "" {
+		s += " (" + p.Source + ")"
+	}
+	return s
+}
+
+func joinAnd(items []string) string {
+	switch len(items) {
+	case 0:
+		return ""
+	case 1:
+		return items[0]
+	}
+	out := ""
+	for i, s := range items {
+		switch {
+		case i == 0:
+			out = s
+		case i == len(items)-1:
+			out += " and " + s
+		default:
+			out += ", " + s
+		}
+	}
+	return out
+}
