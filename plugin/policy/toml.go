@@ -140,14 +140,29 @@ func ParseTOML(data []byte, source string) ([]Policy, error) {
 }
 
 // UndecodedError reports keys the TOML decoder found but nothing consumed, i.e. unknown keys.
+// Only the outermost unknown key is named: for an unknown table "[servr]" that is "servr",
+// not every key inside it.
 func UndecodedError(md toml.MetaData) error {
 	keys := md.Undecoded()
 	if len(keys) == 0 {
 		return nil
 	}
-	names := make([]string, len(keys))
-	for i, k := range keys {
-		names[i] = k.String()
+	unknown := map[string]bool{}
+	for _, k := range keys {
+		unknown[k.String()] = true
+	}
+	var names []string
+	for _, k := range keys {
+		outer := true
+		for i := 1; i < len(k); i++ {
+			if unknown[k[:i].String()] {
+				outer = false
+				break
+			}
+		}
+		if outer {
+			names = append(names, k.String())
+		}
 	}
 	sort.Strings(names)
 	if len(names) == 1 {
