@@ -1,0 +1,56 @@
+package main
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullguard/pullguard/plugin/enforce"
+)
+
+// metrics are pullguard's Prometheus series, registered on their own
+// registry so nothing global leaks between tests or reloads.
+type metrics struct {
+	registry  *prometheus.Registry
+	decisions *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	reloads   *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullguard_decisions_total",
+			Help: "Image decisions by operation, verdict, category and namespace.",
+		}, []string{"op", "verdict", "category", "namespace"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pullguard_decision_duration_seconds",
+			Help:    "Time to decide on an image, registry calls included.",
+			Buckets: []float64{.0001, .0005, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"op"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullguard_config_reloads_total",
+			Help: "Config reload attempts by result (ok, rejected).",
+		}, []string{"result"}),
+	}
+	m.registry.MustRegister(m.decisions, m.latency, m.reloads,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// ObserveDecision implements enforce.Observer.
+func (m *metrics) ObserveDecision(d *enforce.Decision) {
+	verdict := string(d.Verdict)
+	if d.Audited {
+		verdict = "audit"
+	}
+	m.decisions.WithLabelValues(string(d.Op), verdict, string(d.Category), d.Namespace).Inc()
+	m.latency.WithLabelValues(string(d.Op)).Observe(d.Latency.Seconds())
+}
+
+func (m *metrics) reloaded(ok bool) {
+	if ok {
+		m.reloads.WithLabelValues("ok").Inc()
+	} else {
+		m.reloads.WithLabelValues("rejected").Inc()
+	}
+}

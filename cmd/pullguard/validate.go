@@ -1,0 +1,29 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/pullguard/pullguard/config"
+)
+
+// runValidateConfig loads a config exactly as serve would (policies
+// included) and reports the first problem. Exit 0 valid, 1 invalid, 2 usage.
+func runValidateConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 || args[0] == "" || args[0][0] == '-' {
+		fmt.Fprintln(stderr, "usage: pullguard validate-config FILE")
+		return 2
+	}
+	cfg, err := config.Load(args[0])
+	if err == nil {
+		_, err = assemble(ctx, cfg, slog.New(slog.DiscardHandler), nil)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: invalid: %v\n", args[0], err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", args[0])
+	return 0
+}

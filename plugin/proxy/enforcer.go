@@ -1,0 +1,89 @@
+package proxy
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/pullguard/pullguard/plugin/enforce"
+)
+
+// podNamespaceLabel is the label kubelet puts on every sandbox; it is the
+// fallback when metadata.namespace is empty (older or unusual clients).
+const podNamespaceLabel = "io.kubernetes.pod.namespace"
+
+// Decider is what the Enforcer needs from the policy engine.
+type Decider interface {
+	Decide(ctx context.Context, req enforce.Request) *enforce.Decision
+}
+
+// Enforcer is the Gate that translates CRI requests into policy decisions
+// and decisions back into CRI errors. It is the only place where CRI types
+// meet the engine.
+type Enforcer struct {
+	decider Decider
+}
+
+// NewEnforcer returns a Gate deciding with d.
+func NewEnforcer(d Decider) *Enforcer { return &Enforcer{decider: d} }
+
+// AdmitPull decides on a PullImage request.
+func (e *Enforcer) AdmitPull(ctx context.Context, req *runtimeapi.PullImageRequest) (*PullPlan, error) {
+	image := req.GetImage().GetImage()
+	d := e.decider.Decide(ctx, enforce.Request{
+		Op:          enforce.OpPull,
+		Namespace:   sandboxNamespace(req.GetSandboxConfig()),
+		Image:       image,
+		Credentials: credentialsFromCRI(req.GetAuth()),
+	})
+	if d.Denied() {
+		return nil, denialError(d)
+	}
+	return &PullPlan{}, nil
+}
+
+// AdmitCreate decides on a CreateContainer request.
+func (e *Enforcer) AdmitCreate(ctx context.Context, req *runtimeapi.CreateContainerRequest) error {
+	// Create-time enforcement (closing the cached-image bypass) is a separate
+	// capability; until it lands containers start as containerd decides.
+	return nil
+}
+
+// sandboxNamespace returns the pod's namespace, "" when the request has no
+// pod (an admin's crictl pull): the cluster policy then decides.
+func sandboxNamespace(sc *runtimeapi.PodSandboxConfig) string {
+	if sc == nil {
+		return ""
+	}
+	if ns := sc.GetMetadata().GetNamespace(); ns != "" {
+		return ns
+	}
+	return sc.GetLabels()[podNamespaceLabel]
+}
+
+func credentialsFromCRI(a *runtimeapi.AuthConfig) *enforce.Credentials {
+	if a == nil {
+		return nil
+	}
+	return &enforce.Credentials{
+		Host:          a.GetServerAddress(),
+		Username:      a.GetUsername(),
+		Password:      a.GetPassword(),
+		IdentityToken: a.GetIdentityToken(),
+		RegistryToken: a.GetRegistryToken(),
+	}
+}
+
+// denialError maps a denial to the status kubelet understands: code Unknown
+// is the only one whose bare message kubelet keeps, and the message's prefix
+// becomes the pod's reason. A malformed name is the client's mistake and says
+// so with InvalidArgument.
+func denialError(d *enforce.Decision) error {
+	code := codes.Unknown
+	if d.Category == enforce.InvalidImage {
+		code = codes.InvalidArgument
+	}
+	return status.Error(code, d.Message())
+}
