@@ -3,7 +3,6 @@ package va
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -72,7 +71,7 @@ func ParseCycloneDX(data []byte) (*Report, error) {
 	}
 	raw := bytes.TrimSpace(bom.Vulnerabilities)
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
-		return nil, errors.New("parse CycloneDX: no vulnerabilities array (an SBOM, not a vulnerability report)")
+		return nil, fmt.Errorf("parse CycloneDX: no vulnerabilities array (an SBOM): %w", ErrNotVulnerabilityReport)
 	}
 	var vulns []cdxVuln
 	if err := json.Unmarshal(raw, &vulns); err != nil {

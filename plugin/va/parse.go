@@ -41,6 +41,11 @@ func IsReportMediaType(mediaType string) bool {
 // ErrUnknownFormat is returned when content matches no supported report format.
 var ErrUnknownFormat = errors.New("not a supported vulnerability report format")
 
+// ErrNotVulnerabilityReport is returned for documents of a supported format
+// that are not vulnerability reports at all (a CycloneDX SBOM). A source
+// skips such artifacts instead of treating them as broken reports.
+var ErrNotVulnerabilityReport = errors.New("not a vulnerability report")
+
 // formatForMediaType returns the format a media type names; "" with ok true
 // means "JSON, sniff the content".
 func formatForMediaType(mediaType string) (Format, bool) {
