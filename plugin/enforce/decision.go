@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/pullguard/pullguard/plugin/registry"
 )
 
 // Verdict is the outcome of a decision.
@@ -47,21 +49,11 @@ type Request struct {
 	// Digest, when known (create time), is the content the rules are
 	// checked against instead of resolving Image again.
 	Digest string
-	// Credentials for the registry, from the pull; used for this decision only.
-	Credentials *Credentials
+	// Credentials returns the registry credentials sent with the request for
+	// a registry host (nil when none apply). They are used for this decision
+	// only, never cached and never logged.
+	Credentials func(host string) *registry.Credentials
 }
-
-// Credentials are registry credentials kubelet sent with a pull. They are
-// never logged: String hides them.
-type Credentials struct {
-	Host          string
-	Username      string
-	Password      string
-	IdentityToken string
-	RegistryToken string
-}
-
-func (c *Credentials) String() string { return "<credentials redacted>" }
 
 // Decision is the answer, with everything a denial message and an audit log
 // line need.

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/pullguard/pullguard/plugin/policy"
+	"github.com/pullguard/pullguard/plugin/registry"
 )
 
 func mustSet(t *testing.T, pols ...policy.Policy) *policy.Set {
@@ -144,7 +145,9 @@ func TestAuditLogLineHasFieldsAndNoCredentials(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, nil))
 	e := New(mustSet(t, cluster(policy.Rule{Name: "*"})), Options{Logger: log})
-	creds := &Credentials{Host: "registry.example.com", Username: "alice", Password: "s3cret-pass", RegistryToken: "tok-123"}
+	creds := func(string) *registry.Credentials {
+		return &registry.Credentials{Username: "alice", Password: "s3cret-pass", RegistryToken: "tok-123"}
+	}
 	e.Decide(context.Background(), Request{Op: OpPull, Namespace: "team-a", Image: "nginx", Credentials: creds})
 
 	line := buf.String()

@@ -8,6 +8,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/pullguard/pullguard/plugin/enforce"
+	"github.com/pullguard/pullguard/plugin/registry"
 )
 
 // podNamespaceLabel is the label kubelet puts on every sandbox; it is the
@@ -63,16 +64,15 @@ func sandboxNamespace(sc *runtimeapi.PodSandboxConfig) string {
 	return sc.GetLabels()[podNamespaceLabel]
 }
 
-func credentialsFromCRI(a *runtimeapi.AuthConfig) *enforce.Credentials {
+// credentialsFromCRI maps kubelet's auth the way containerd does, for the
+// host actually contacted: credentials for another server are not sent.
+func credentialsFromCRI(a *runtimeapi.AuthConfig) func(host string) *registry.Credentials {
 	if a == nil {
 		return nil
 	}
-	return &enforce.Credentials{
-		Host:          a.GetServerAddress(),
-		Username:      a.GetUsername(),
-		Password:      a.GetPassword(),
-		IdentityToken: a.GetIdentityToken(),
-		RegistryToken: a.GetRegistryToken(),
+	return func(host string) *registry.Credentials {
+		return registry.CredentialsFromCRI(host, a.GetUsername(), a.GetPassword(), a.GetAuth(),
+			a.GetServerAddress(), a.GetIdentityToken(), a.GetRegistryToken())
 	}
 }
 
