@@ -24,8 +24,9 @@ const (
 	MaxPolicyFiles = 256
 )
 
-// PolicyExtensions are the policy file kinds copied to the host.
-var policyExtensions = []string{".yaml", ".yml", ".toml", ".json"}
+// policyExtensions are the policy files copied to the host: what
+// policy.LoadDir reads.
+var policyExtensions = []string{".yaml", ".yml", ".toml"}
 
 // Bundle is one snapshot of node config and policies.
 type Bundle struct {
