@@ -366,3 +366,52 @@ func FuzzParse(f *testing.F) {
 		_ = c.Server.SocketFileMode()
 	})
 }
+
+func TestWarnings(t *testing.T) {
+	c, err := Parse([]byte(`
+[policy]
+dir = ""
+default_mode = "audit"
+[metrics]
+address = "0.0.0.0:9464"
+[registry]
+plain_http = ["127.0.0.1:5000"]
+insecure_skip_verify = ["registry.local"]
+[[policies]]
+kind = "ClusterImagePolicy"
+name = "c"
+  [[policies.repositories]]
+  name = "*"
+  [policies.repositories.policy.trust]
+  enabled = true
+  [policies.repositories.policy.va]
+  enabled = true
+  [[policies.repositories]]
+  name = "quay.io/*"
+  [policies.repositories.policy.va]
+  enabled = true
+  require_signed_report = false
+`), "c.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := strings.Join(c.Warnings(), "\n")
+	for _, want := range []string{
+		"default_mode is audit", "plain_http", "insecure_skip_verify", `"0.0.0.0:9464" is reachable`,
+		`repositories[0] "*" requires trust but no [[signers]]`,
+		`repositories[0] "*" requires a signed scan report but [va] scanner_signers is empty`,
+	} {
+		if !strings.Contains(w, want) {
+			t.Errorf("warnings lack %q:\n%s", want, w)
+		}
+	}
+	if strings.Contains(w, `"quay.io/*" requires a signed`) {
+		t.Errorf("entry overriding require_signed_report = false warned:\n%s", w)
+	}
+	d := Default()
+	d.Policy.Dir = ""
+	d.Metrics.Address = "127.0.0.1:9464"
+	if got := d.Warnings(); len(got) != 0 {
+		t.Errorf("defaults warn: %q", got)
+	}
+}

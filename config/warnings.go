@@ -1,0 +1,53 @@
+package config
+
+import (
+	"fmt"
+	"net"
+
+	"github.com/pullguard/pullguard/plugin/policy"
+)
+
+// Warnings lists settings that are valid but probably not what the operator wants: checks
+// that can never pass with the signers configured, TLS switched off, an exposed metrics
+// port, audit by default. cmd/pullguard logs them at load and validate-config prints them.
+// Policies that fail to load are left to Validate.
+func (c *Config) Warnings() []string {
+	var out []string
+	if c.Policy.DefaultMode == string(policy.ModeAudit) {
+		out = append(out, "[policy] default_mode is audit: nothing is denied unless a policy or entry sets mode = \"enforce\"")
+	}
+	if len(c.Registry.PlainHTTP) > 0 {
+		out = append(out, fmt.Sprintf("[registry] plain_http %q: these registries are reached without TLS (testing only)", c.Registry.PlainHTTP))
+	}
+	if len(c.Registry.InsecureSkipVerify) > 0 {
+		out = append(out, fmt.Sprintf("[registry] insecure_skip_verify %q: these registries' certificates are not verified (testing only)", c.Registry.InsecureSkipVerify))
+	}
+	if a := c.Metrics.Address; a != "" {
+		if host, _, err := net.SplitHostPort(a); err == nil {
+			if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+				out = append(out, fmt.Sprintf("[metrics] address %q is reachable from outside the node", a))
+			}
+		}
+	}
+	policies, err := c.Policies()
+	if err != nil {
+		return out
+	}
+	for i := range policies {
+		p := &policies[i]
+		for _, r := range p.Rules {
+			if r.Checks.Trust.Enabled && len(c.Signers) == 0 {
+				out = append(out, fmt.Sprintf("%s: repositories[%d] %q requires trust but no [[signers]] are configured: every image it matches is denied", p, r.Index, r.Name))
+			}
+			va := r.Checks.VA
+			signed := c.VA.RequireSignedReport
+			if va.RequireSignedReport != nil {
+				signed = *va.RequireSignedReport
+			}
+			if va.Enabled && signed && len(c.VA.ScannerSigners) == 0 {
+				out = append(out, fmt.Sprintf("%s: repositories[%d] %q requires a signed scan report but [va] scanner_signers is empty: every scanned image it matches is denied", p, r.Index, r.Name))
+			}
+		}
+	}
+	return out
+}
