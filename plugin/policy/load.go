@@ -9,7 +9,8 @@ import (
 	"strings"
 )
 
-// LoadDir loads every *.yaml, *.yml and *.toml file directly in dir, in name order. Names
+// LoadDir loads every *.yaml, *.yml, *.json (read as YAML, of which JSON is a subset) and
+// *.toml file directly in dir, in name order. Names
 // starting with '.' are skipped: a Kubernetes ConfigMap or Secret mount holds the real files
 // under "..data" and exposes each key as a symlink through it, so following the visible
 // symlinks reads each file exactly once. Subdirectories and other extensions are ignored.
@@ -25,7 +26,7 @@ func LoadDir(dir string) ([]Policy, error) {
 			continue
 		}
 		switch strings.ToLower(filepath.Ext(e.Name())) {
-		case ".yaml", ".yml", ".toml":
+		case ".yaml", ".yml", ".json", ".toml":
 			names = append(names, e.Name())
 		}
 	}

@@ -309,3 +309,50 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// "kubectl get imagepolicies -A -o yaml" writes a List; the DaemonSet's agent may write JSON.
+func TestParseYAMLListsAndJSON(t *testing.T) {
+	list := `apiVersion: v1
+kind: List
+metadata: {resourceVersion: ""}
+items:
+- apiVersion: pullguard.dev/v1beta1
+  kind: ImagePolicy
+  metadata: {name: a, namespace: ns-a, uid: 1234, managedFields: [{manager: kubectl}]}
+  spec: {repositories: [{name: "quay.io/*"}]}
+- apiVersion: pullguard.dev/v1beta1
+  kind: ClusterImagePolicy
+  metadata: {name: c}
+  spec: {repositories: []}
+  status: {observedGeneration: 1}
+`
+	ps, err := ParseYAML([]byte(list), "l.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 2 || ps[0].Source != "l.yaml#doc 1 item 0" || ps[1].Kind != KindCluster || len(ps[1].Rules) != 0 {
+		t.Fatalf("%+v", ps)
+	}
+	typed := strings.Replace(strings.Replace(list, "apiVersion: v1\nkind: List", "apiVersion: pullguard.dev/v1beta1\nkind: ImagePolicyList", 1), "kind: ClusterImagePolicy\n", "kind: ImagePolicy\n", 1)
+	if _, err := ParseYAML([]byte(typed), "l.yaml"); err == nil || !strings.Contains(err.Error(), "items[1]: ImagePolicy \"c\": namespace is required") {
+		t.Fatalf("typed list: %v", err)
+	}
+	for _, bad := range []string{
+		"apiVersion: pullguard.dev/v1beta1\nkind: List\nitems: []\n",
+		"apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: List, items: []}\n",
+		"apiVersion: v1\nkind: List\nitems:\n- {apiVersion: pullguard.dev/v1beta1, kind: ClusterImagePolicy, metadata: {name: c}, bogus: 1}\n",
+		"apiVersion: pullguard.dev/v1beta1\nkind: ClusterImagePolicy\nmetadata: {name: c}\nitems: []\n",
+	} {
+		if _, err := ParseYAML([]byte(bad), "l.yaml"); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+
+	dir := t.TempDir()
+	js := `{"apiVersion":"pullguard.dev/v1beta1","kind":"ClusterImagePolicy","metadata":{"name":"j"},"spec":{"repositories":[{"name":"*","policy":{"trust":{"enabled":true}}}]}}`
+	must(t, os.WriteFile(filepath.Join(dir, "j.json"), []byte(js), 0o644))
+	got, err := LoadDir(dir)
+	if err != nil || len(got) != 1 || !got[0].Rules[0].Checks.Trust.Enabled {
+		t.Fatalf("json: %+v %v", got, err)
+	}
+}

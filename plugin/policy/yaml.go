@@ -32,6 +32,9 @@ type yamlDoc struct {
 	Spec       *yamlSpec `yaml:"spec"`
 	// Output of "kubectl get -o yaml" carries a status; it is the server's, not a policy.
 	Status any `yaml:"status"`
+	// Items of a "kind: List" (or ImagePolicyList / ClusterImagePolicyList), as
+	// "kubectl get imagepolicies -A -o yaml" writes them.
+	Items []yamlDoc `yaml:"items"`
 }
 
 type yamlMeta struct {
@@ -104,7 +107,7 @@ func ParseYAML(data []byte, source string) ([]Policy, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.SetStrict(true)
 	var out []Policy
-	var docs []int
+	var docs []string
 	for n := 1; ; n++ {
 		var doc yamlDoc
 		err := decodeDoc(dec, &doc)
@@ -114,23 +117,63 @@ func ParseYAML(data []byte, source string) ([]Policy, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: document %d: %w", source, n, err)
 		}
-		if doc.APIVersion == "" && doc.Kind == "" && doc.Metadata == nil && doc.Spec == nil && doc.Status == nil {
+		if doc.APIVersion == "" && doc.Kind == "" && doc.Metadata == nil && doc.Spec == nil && doc.Status == nil && doc.Items == nil {
 			continue // empty document, e.g. a leading or trailing "---"
+		}
+		if isList(doc.Kind) {
+			if err := doc.checkList(); err != nil {
+				return nil, fmt.Errorf("%s: document %d: %w", source, n, err)
+			}
+			for j := range doc.Items {
+				p, err := doc.Items[j].policy()
+				if err != nil {
+					return nil, fmt.Errorf("%s: document %d: items[%d]: %w", source, n, j, err)
+				}
+				out = append(out, p)
+				docs = append(docs, fmt.Sprintf("doc %d item %d", n, j))
+			}
+			continue
 		}
 		p, err := doc.policy()
 		if err != nil {
 			return nil, fmt.Errorf("%s: document %d: %w", source, n, err)
 		}
 		out = append(out, p)
-		docs = append(docs, n)
+		docs = append(docs, fmt.Sprintf("doc %d", n))
 	}
 	for i := range out {
 		out[i].Source = source
 		if len(out) > 1 {
-			out[i].Source = fmt.Sprintf("%s#doc %d", source, docs[i])
+			out[i].Source = source + "#" + docs[i]
 		}
 	}
 	return out, nil
+}
+
+func isList(kind string) bool {
+	return kind == "List" || kind == string(KindCluster)+"List" || kind == string(KindNamespace)+"List"
+}
+
+func (d *yamlDoc) checkList() error {
+	if d.Spec != nil {
+		return errors.New("a list has items, not a spec")
+	}
+	if d.Kind == "List" && d.APIVersion != "v1" {
+		return fmt.Errorf("kind List wants apiVersion v1, got %q", d.APIVersion)
+	}
+	if d.Kind != "List" && !knownAPIVersion(d.APIVersion) {
+		return fmt.Errorf("unsupported apiVersion %q for %s", d.APIVersion, d.Kind)
+	}
+	for j := range d.Items {
+		if isList(d.Items[j].Kind) {
+			return fmt.Errorf("items[%d]: lists cannot be nested", j)
+		}
+	}
+	return nil
+}
+
+func knownAPIVersion(v string) bool {
+	return v == APIVersionSeed || v == APIVersionPortieris || v == APIVersionPullguard
 }
 
 // decodeDoc turns the decoder's panics-turned-errors into readable ones.
@@ -177,6 +220,9 @@ func cleanYAMLError(msg string) string {
 }
 
 func (d *yamlDoc) policy() (Policy, error) {
+	if d.Items != nil {
+		return Policy{}, fmt.Errorf("items belong to a List, not to kind %q", d.Kind)
+	}
 	switch d.APIVersion {
 	case APIVersionSeed, APIVersionPortieris, APIVersionPullguard:
 	case "":
