@@ -2,12 +2,53 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
+
+	"github.com/pullguard/pullguard/daemonset/bundle"
+	"github.com/pullguard/pullguard/daemonset/configsync"
+	"github.com/pullguard/pullguard/daemonset/hoststate"
 )
 
-// Placeholder until config sync lands; the daemonset owner replaces this file.
 func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "pullguard sync: not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("sync", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var src sourceFlags
+	src.register(fs)
+	interval := fs.Duration("interval", 0, "poll interval (default 5s)")
+	once := fs.Bool("once", false, "sync once and exit (non-zero when rejected or failed)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	root := hoststate.Root(src.hostRoot)
+	cfg, pol := src.paths()
+	s, err := configsync.New(configsync.Options{
+		Root: root, ConfigFile: cfg, PoliciesDir: pol, Interval: *interval,
+		Validate: func(_ context.Context, b *bundle.Bundle, upstream string) error {
+			return b.Validate(root, upstream)
+		},
+		Logger: jsonLogger(stderr),
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, "pullguard sync:", err)
+		return 2
+	}
+	if *once {
+		out, err := s.SyncOnce(ctx)
+		if err != nil {
+			fmt.Fprintln(stderr, "pullguard", err)
+			return 1
+		}
+		fmt.Fprintln(stdout, "pullguard sync:", out)
+		if out == configsync.Rejected {
+			return 1
+		}
+		return 0
+	}
+	if err := s.Run(ctx); err != nil {
+		fmt.Fprintln(stderr, "pullguard sync:", err)
+		return 1
+	}
+	return 0
 }

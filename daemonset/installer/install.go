@@ -23,8 +23,10 @@ import (
 	"github.com/pullguard/pullguard/daemonset/hoststate"
 )
 
-// Validator checks a config bundle before it goes anywhere near the host.
-type Validator func(ctx context.Context, b *bundle.Bundle) error
+// Validator checks a config bundle, with the node's upstream endpoint
+// substituted, before it goes anywhere near the host.
+// (*bundle.Bundle).Validate is the real one.
+type Validator func(ctx context.Context, b *bundle.Bundle, upstream string) error
 
 // Options configures Install and Uninstall.
 type Options struct {
@@ -95,11 +97,6 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
-	if opts.Validate != nil {
-		if err := opts.Validate(ctx, b); err != nil {
-			return nil, fmt.Errorf("install: config rejected, nothing on the host was changed, kubelet untouched: %w", err)
-		}
-	}
 	socket, err := hoststate.ServerSocket(b.Config)
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
@@ -126,6 +123,11 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 			ErrUnsupportedLayout, kub.runtimeEndpoint, kub.imageEndpoint)
 	default:
 		res.Upstream = kub.runtimeEndpoint
+	}
+	if opts.Validate != nil {
+		if err := opts.Validate(ctx, b, res.Upstream); err != nil {
+			return nil, fmt.Errorf("install: config rejected, nothing on the host was changed, kubelet untouched: %w", err)
+		}
 	}
 	// Plan kubelet's edit now so an unsupported file fails before anything
 	// is installed.

@@ -233,6 +233,7 @@ func TestInstallUninstallLayouts(t *testing.T) {
 			svc := newFakeServices(t, root)
 			opts := source(t, "pullguard-binary-v1", srcConfig)
 			opts.Root, opts.Services, opts.KubeletConfig = root, svc, tc.kubeletCfg
+			opts.Validate = func(_ context.Context, b *bundle.Bundle, upstream string) error { return b.Validate(root, upstream) }
 
 			res, err := Install(ctx, opts)
 			if err != nil {
@@ -414,7 +415,7 @@ func TestInstallFailureLeavesKubeletUntouched(t *testing.T) {
 		}, "start pullguard"},
 		{"kubelet restart fails", func(f *fakeServices, o *Options) { f.fail["restart kubelet.service"] = errors.New("kubelet exited") }, "restart kubelet"},
 		{"config rejected", func(f *fakeServices, o *Options) {
-			o.Validate = func(context.Context, *bundle.Bundle) error { return errors.New("unknown key server.bogus") }
+			o.Validate = func(context.Context, *bundle.Bundle, string) error { return errors.New("unknown key server.bogus") }
 		}, "unknown key server.bogus"},
 	}
 	for _, tc := range tests {
