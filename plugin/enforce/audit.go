@@ -11,6 +11,9 @@ func (e *Engine) audit(ctx context.Context, d *Decision) {
 	level := slog.LevelInfo
 	msg := "image admitted"
 	switch {
+	case d.FailedOpen:
+		level = slog.LevelError
+		msg = "image admitted WITHOUT its checks: registry unavailable and the rule is fail_open"
 	case d.Audited:
 		level = slog.LevelWarn
 		msg = "image would be denied (audit mode)"
@@ -28,6 +31,7 @@ func (e *Engine) audit(ctx context.Context, d *Decision) {
 		slog.String("rule", d.Rule),
 		slog.String("verdict", string(d.Verdict)),
 		slog.Bool("audit_mode", d.Audited),
+		slog.Bool("failed_open", d.FailedOpen),
 		slog.String("reason", d.Reason),
 		slog.Float64("latency_ms", float64(d.Latency.Microseconds())/1000),
 	}

@@ -63,6 +63,9 @@ type Decision struct {
 	// Audited is true when the rule is in audit mode and would have denied:
 	// the image is admitted and the would-be denial is logged.
 	Audited bool
+	// FailedOpen is true when the registry could not be reached and the rule
+	// opted into fail_open: admitted without the checks it asks for.
+	FailedOpen bool
 
 	Op        Operation
 	Namespace string

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/distribution/reference"
+
 	"github.com/pullguard/pullguard/plugin/policy"
 )
 
@@ -21,6 +23,13 @@ type Options struct {
 	Now func() time.Time
 	// Observer, if set, sees every decision (metrics).
 	Observer Observer
+
+	// Resolver resolves images to digests; nil means rules with checks deny.
+	Resolver Resolver
+	// Trust verifies signatures; nil means no signers are configured.
+	Trust TrustVerifier
+	// Facts caches trust facts by content; nil verifies every time.
+	Facts FactsCache
 }
 
 // Observer is told of every decision, after it is made.
@@ -100,16 +109,19 @@ func (e *Engine) decide(ctx context.Context, req Request) *Decision {
 	d.Rule = m.Rule.Name
 	audit := m.Rule.Mode == policy.ModeAudit
 
-	reason, cat := e.check(ctx, m, d)
-	if reason == "" {
+	f := e.check(ctx, req, m, d)
+	if f == nil {
 		d.Verdict = Admit
-		if d.Reason == "" {
-			d.Reason = "admitted"
-		}
 		return d
 	}
-	d.deny(cat, reason)
-	if audit {
+	d.deny(f.category, f.reason)
+	switch {
+	case f.category == RegistryUnavailable && m.Rule.FailOpen:
+		// Availability-first namespaces opt into this; the audit line and
+		// the decision say so loudly.
+		d.Verdict = Admit
+		d.FailedOpen = true
+	case audit:
 		// Audit mode decides and reports, never blocks.
 		d.Verdict = Admit
 		d.Audited = true
@@ -117,24 +129,36 @@ func (e *Engine) decide(ctx context.Context, req Request) *Decision {
 	return d
 }
 
-// check runs the checks the matched rule requires and returns why the image
-// fails them ("" when it passes).
-func (e *Engine) check(ctx context.Context, m *policy.Match, d *Decision) (string, Category) {
+// check runs the checks the matched rule requires; nil means they pass.
+func (e *Engine) check(ctx context.Context, req Request, m *policy.Match, d *Decision) *failure {
 	c := m.Rule.Checks
-	if !c.Trust.Enabled && !c.VA.Enabled {
-		d.Reason = "rule requires no checks"
-		return "", ""
+	if c.None() {
+		d.Reason = "the rule requires no checks"
+		return nil
 	}
-	// Until verification is wired in, a rule that asks for a check must
-	// never admit: saying so is better than pretending it passed.
-	var missing []string
+	s, f := e.resolve(ctx, req, m.Image)
+	if f != nil {
+		return f
+	}
+	d.Digest = s.desc.Digest.String()
+	var passed []string
 	if c.Trust.Enabled {
-		missing = append(missing, "trust (signature verification)")
+		if f := e.checkTrust(ctx, s, c.Trust.Signers, d); f != nil {
+			return f
+		}
+		passed = append(passed, "signatures verified")
 	}
 	if c.VA.Enabled {
-		missing = append(missing, "va (vulnerability assessment)")
+		if f := e.checkVA(ctx, req, s, c.VA, d); f != nil {
+			return f
+		}
+		passed = append(passed, "vulnerability assessment passed")
 	}
-	return fmt.Sprintf("the rule requires %s, which this pullguard build cannot check yet", joinAnd(missing)), SignatureValidationFailed
+	if pinned, err := reference.WithDigest(s.repo, s.desc.Digest); err == nil {
+		d.PinnedRef = pinned.String()
+	}
+	d.Reason = joinAnd(passed)
+	return nil
 }
 
 func (d *Decision) deny(cat Category, reason string) *Decision {

@@ -1,0 +1,114 @@
+package enforce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/pullguard/pullguard/plugin/registry"
+	"github.com/pullguard/pullguard/plugin/trust"
+)
+
+// Resolver turns an image reference into the descriptor of its manifest.
+type Resolver interface {
+	Resolve(ctx context.Context, ref reference.Named, creds *registry.Credentials) (ocispec.Descriptor, error)
+}
+
+// TrustVerifier establishes which configured signers signed a digest.
+type TrustVerifier interface {
+	Verify(ctx context.Context, ref reference.Named, desc ocispec.Descriptor, creds *registry.Credentials) (*trust.Facts, error)
+	TrustMaterialHash() string
+}
+
+// FactsCache keeps verification facts by content. A nil cache verifies
+// every time.
+type FactsCache interface {
+	Do(ctx context.Context, key string, fn func(ctx context.Context) (*trust.Facts, error)) (*trust.Facts, bool, error)
+}
+
+// subject is the resolved image every check looks at.
+type subject struct {
+	name  reference.Named // normalised, with the tag or digest asked for
+	repo  reference.Named // name without tag or digest: the signatures' scope
+	desc  ocispec.Descriptor
+	creds *registry.Credentials
+}
+
+// resolve pins the image to a digest once per decision, so that trust and VA
+// look at the same content and the pull fetches exactly that content.
+func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named) (*subject, *failure) {
+	if e.opts.Resolver == nil {
+		return nil, &failure{SignatureValidationFailed, "no registry access is configured to resolve the image"}
+	}
+	var creds *registry.Credentials
+	if req.Credentials != nil {
+		creds = req.Credentials(reference.Domain(name))
+	}
+	ref := name
+	if req.Digest != "" {
+		// Create time: the content on the node is what must be checked,
+		// whatever the tag points at now.
+		if c, err := reference.WithDigest(reference.TrimNamed(name), digest.Digest(req.Digest)); err == nil {
+			ref = c
+		}
+	}
+	desc, err := e.opts.Resolver.Resolve(ctx, ref, creds)
+	if err != nil {
+		return nil, registryFailure(fmt.Sprintf("resolve %s", ref), err)
+	}
+	return &subject{name: name, repo: reference.TrimNamed(name), desc: desc, creds: creds}, nil
+}
+
+// checkTrust returns why the image's signatures do not satisfy the rule.
+func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, d *Decision) *failure {
+	if e.opts.Trust == nil {
+		return &failure{SignatureValidationFailed, "the rule requires signatures but no signers are configured on this node"}
+	}
+	verify := func(ctx context.Context) (*trust.Facts, error) {
+		return e.opts.Trust.Verify(ctx, s.repo, s.desc, s.creds)
+	}
+	var (
+		facts *trust.Facts
+		err   error
+	)
+	if e.opts.Facts != nil {
+		// Signatures live in a repository, so the repository is part of the
+		// key along with the content and the trust material.
+		key := "trust\x00" + s.repo.String() + "\x00" + s.desc.Digest.String() + "\x00" + e.opts.Trust.TrustMaterialHash()
+		facts, _, err = e.opts.Facts.Do(ctx, key, verify)
+	} else {
+		facts, err = verify(ctx)
+	}
+	if err != nil {
+		return registryFailure(fmt.Sprintf("verify signatures of %s@%s", s.repo, s.desc.Digest), err)
+	}
+	d.Details = append(d.Details, facts.Explain()...)
+	if unmet := facts.Unmet(required); unmet != "" {
+		return &failure{SignatureValidationFailed, unmet}
+	}
+	return nil
+}
+
+// failure is why a check did not pass.
+type failure struct {
+	category Category
+	reason   string
+}
+
+// registryFailure classifies a registry error: could not ask (fail closed
+// with RegistryUnavailable) versus asked and was refused.
+func registryFailure(what string, err error) *failure {
+	switch {
+	case errors.Is(err, registry.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return &failure{RegistryUnavailable, fmt.Sprintf("%s: %v", what, err)}
+	case errors.Is(err, registry.ErrUnauthorized):
+		return &failure{SignatureValidationFailed, fmt.Sprintf("%s: the registry refused access (%v); the pod's imagePullSecrets must grant it", what, err)}
+	case errors.Is(err, registry.ErrNotFound):
+		return &failure{SignatureValidationFailed, fmt.Sprintf("%s: not found in the registry", what)}
+	}
+	return &failure{SignatureValidationFailed, fmt.Sprintf("%s: %v", what, err)}
+}

@@ -1,0 +1,173 @@
+package enforce
+
+import (
+	"context"
+	"crypto/x509/pkix"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pullguard/pullguard/plugin/cache"
+	"github.com/pullguard/pullguard/plugin/policy"
+	"github.com/pullguard/pullguard/plugin/registry"
+	"github.com/pullguard/pullguard/plugin/registry/registrytest"
+	"github.com/pullguard/pullguard/plugin/trust"
+	"github.com/pullguard/pullguard/plugin/trust/trusttest"
+)
+
+// trustBed is a real in-process registry with images signed by real
+// notation envelopes, and an engine verifying against two signers.
+type trustBed struct {
+	srv      *registrytest.Server
+	requests atomic.Int64
+	release  *trusttest.CA
+	qa       *trusttest.CA
+	rogue    *trusttest.CA
+	reg      *registry.Client
+	verifier *trust.Verifier
+}
+
+func newTrustBed(t *testing.T) *trustBed {
+	t.Helper()
+	b := &trustBed{
+		release: trusttest.NewCA(t, "release root"),
+		qa:      trusttest.NewCA(t, "qa root"),
+		rogue:   trusttest.NewCA(t, "rogue root"),
+	}
+	b.srv = registrytest.Start(t, registrytest.Config{Referrers: true, Wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b.requests.Add(1)
+			h.ServeHTTP(w, r)
+		})
+	}})
+	signers, err := trust.LoadSigners([]trust.Signer{
+		{Name: "release", TrustStoreDir: trusttest.WriteStore(t, b.release), Identities: []string{"*"}, Revocation: trust.RevocationSkip},
+		{Name: "qa", TrustStoreDir: trusttest.WriteStore(t, b.qa), Identities: []string{"*"}, Revocation: trust.RevocationSkip},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.reg, err = registry.New(registry.Options{PlainHTTP: []string{b.srv.Host}, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.verifier, err = trust.NewVerifier(trust.Options{Signers: signers, Registry: b.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// push pushes an image to repo:tag signed by the given CAs' leaves.
+func (b *trustBed) push(t *testing.T, repo, tag string, signers ...*trusttest.CA) string {
+	t.Helper()
+	r := b.srv.Repo(t, repo)
+	desc := registrytest.PushImage(t, r, tag)
+	for _, ca := range signers {
+		leaf := ca.Leaf(t, pkix.Name{Country: []string{"US"}, Province: []string{"WA"}, Organization: []string{"Example"}, CommonName: "signer"})
+		trusttest.Sign(t, r, desc, leaf, trusttest.JWS)
+	}
+	return desc.Digest.String()
+}
+
+func (b *trustBed) engine(t *testing.T, facts FactsCache, pols ...policy.Policy) *Engine {
+	t.Helper()
+	return New(mustSet(t, pols...), Options{Resolver: b.reg, Trust: b.verifier, Facts: facts, Timeout: 10 * time.Second})
+}
+
+func trustRule(name string, signers ...string) policy.Rule {
+	return policy.Rule{Name: name, Checks: policy.Checks{Trust: policy.Trust{Enabled: true, Signers: signers}}}
+}
+
+func TestTrustDecisions(t *testing.T) {
+	b := newTrustBed(t)
+	host := b.srv.Host
+	signedRelease := b.push(t, "app/signed", "v1", b.release)
+	b.push(t, "app/both", "v1", b.release, b.qa)
+	b.push(t, "app/unsigned", "v1")
+	b.push(t, "app/rogue", "v1", b.rogue)
+
+	tests := []struct {
+		name     string
+		rule     policy.Rule
+		image    string
+		verdict  Verdict
+		category Category
+		msgHas   []string
+	}{
+		{"any configured signer admits", trustRule("*"), host + "/app/signed:v1", Admit, "", nil},
+		{"required signer present admits", trustRule("*", "release"), host + "/app/signed:v1", Admit, "", nil},
+		{"every required signer present admits", trustRule("*", "release", "qa"), host + "/app/both:v1", Admit, "", nil},
+		{"one required signer missing denies and is named", trustRule("*", "release", "qa"), host + "/app/signed:v1", Deny, SignatureValidationFailed, []string{"qa"}},
+		{"unsigned image denies", trustRule("*"), host + "/app/unsigned:v1", Deny, SignatureValidationFailed, []string{"SignatureValidationFailed: "}},
+		{"untrusted signer denies", trustRule("*"), host + "/app/rogue:v1", Deny, SignatureValidationFailed, []string{"untrusted"}},
+		{"pull by digest is checked like a tag", trustRule("*"), host + "/app/signed@" + signedRelease, Admit, "", nil},
+		{"image absent from the registry denies", trustRule("*"), host + "/app/missing:v1", Deny, SignatureValidationFailed, []string{"not found"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := b.engine(t, nil, cluster(tc.rule))
+			d := e.Decide(context.Background(), Request{Op: OpPull, Namespace: "prod", Image: tc.image})
+			if d.Verdict != tc.verdict || d.Category != tc.category {
+				t.Fatalf("got %s/%q, want %s/%q: %s", d.Verdict, d.Category, tc.verdict, tc.category, d.Message())
+			}
+			for _, want := range tc.msgHas {
+				if !strings.Contains(d.Message(), want) {
+					t.Errorf("message %q lacks %q", d.Message(), want)
+				}
+			}
+			if tc.verdict == Admit {
+				if !strings.HasPrefix(d.Digest, "sha256:") || !strings.HasSuffix(d.PinnedRef, "@"+d.Digest) {
+					t.Errorf("admitted without pinning: digest %q pinned %q", d.Digest, d.PinnedRef)
+				}
+			}
+		})
+	}
+}
+
+func TestTrustRegistryDownFailsClosedOrOpenAsConfigured(t *testing.T) {
+	b := newTrustBed(t)
+	image := b.srv.Host + "/app/signed:v1"
+	b.push(t, "app/signed", "v1", b.release)
+	b.srv.Close()
+
+	d := b.engine(t, nil, cluster(trustRule("*"))).Decide(context.Background(), Request{Namespace: "prod", Image: image})
+	if !d.Denied() || d.Category != RegistryUnavailable || !strings.HasPrefix(d.Message(), "RegistryUnavailable: ") {
+		t.Fatalf("registry down: %s %q", d.Verdict, d.Message())
+	}
+
+	open := trustRule("*")
+	open.FailOpen = true
+	d = b.engine(t, nil, cluster(open)).Decide(context.Background(), Request{Namespace: "prod", Image: image})
+	if d.Denied() || !d.FailedOpen {
+		t.Fatalf("fail_open rule: verdict %s failedOpen=%v", d.Verdict, d.FailedOpen)
+	}
+}
+
+func TestTrustFactsAreCachedByDigestNotTag(t *testing.T) {
+	b := newTrustBed(t)
+	b.push(t, "app/signed", "v1", b.release)
+	facts := cache.New[*trust.Facts](cache.Options{})
+	e := b.engine(t, facts, cluster(trustRule("*")))
+	image := b.srv.Host + "/app/signed:v1"
+
+	if d := e.Decide(context.Background(), Request{Image: image}); d.Denied() {
+		t.Fatal(d.Message())
+	}
+	before := b.requests.Load()
+	if d := e.Decide(context.Background(), Request{Image: image}); d.Denied() {
+		t.Fatal(d.Message())
+	}
+	// Only the tag is resolved again; signatures come from the cache.
+	if extra := b.requests.Load() - before; extra > 1 {
+		t.Errorf("cached decision made %d registry requests, want at most 1 (resolve)", extra)
+	}
+
+	// The tag moves to an unsigned image: the cache must not vouch for it.
+	b.push(t, "app/signed", "v1")
+	if d := e.Decide(context.Background(), Request{Image: image}); !d.Denied() {
+		t.Fatal("moved tag admitted from cached facts of the old digest")
+	}
+}
