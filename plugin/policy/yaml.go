@@ -211,12 +211,14 @@ func cleanYAMLError(msg string) string {
 		m := dupFieldRE.FindStringSubmatch(s)
 		return fmt.Sprintf("field %q set twice in %s", m[1], yamlTypeNames[m[2]])
 	})
-	return goTypeRE.ReplaceAllStringFunc(msg, func(s string) string {
+	msg = goTypeRE.ReplaceAllStringFunc(msg, func(s string) string {
 		if n, ok := yamlTypeNames[strings.TrimPrefix(s, "policy.")]; ok {
 			return n
 		}
 		return s
 	})
+	// Quoted scalars may hold line breaks; an error stays on one log line.
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`).Replace(msg)
 }
 
 func (d *yamlDoc) policy() (Policy, error) {
