@@ -25,13 +25,15 @@ func (s *Server) pullImage(ss grpc.ServerStream, g Gate) error {
 		return err
 	}
 	var forward any = &raw
+	pulled := req.GetImage().GetImage()
 	if plan != nil && plan.Forward != nil {
 		forward = plan.Forward
+		pulled = plan.Forward.GetImage().GetImage()
 	}
 	if plan == nil || plan.TagAs == "" {
 		return s.invoke(ss, methodPullImage, forward)
 	}
-	return s.pullAndTag(ss, forward, plan.TagAs)
+	return s.pullAndTag(ss, forward, pulled, plan.TagAs)
 }
 
 // createContainer puts a CreateContainer call before the Gate and forwards the

@@ -1,15 +1,136 @@
 package proxy
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	imagesapi "github.com/containerd/containerd/api/services/images/v1"
+	"github.com/distribution/reference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// pullAndTag pulls forward upstream, then makes the image known under tagAs.
-// Phase 2 fills this in; until then a plan that needs tagging is refused
-// rather than leaving kubelet unable to find the image.
-func (s *Server) pullAndTag(ss grpc.ServerStream, forward any, tagAs string) error {
-	_ = forward
-	return status.Errorf(codes.Unimplemented, "pullguard: tagging pulled image as %s is not implemented yet", tagAs)
+const (
+	// namespaceHeader is the gRPC metadata key containerd reads its namespace
+	// from.
+	namespaceHeader = "containerd-namespace"
+	// criImageLabel marks an image as managed by containerd's CRI plugin; CRI
+	// puts it on every reference it creates for a pull (containerd v2
+	// internal/cri/labels: io.cri-containerd.image=managed).
+	criImageLabel      = "io.cri-containerd.image"
+	criImageLabelValue = "managed"
+	// criCacheWait bounds how long a pull waits for containerd's CRI image
+	// cache to pick up the new name (it does so asynchronously, from the
+	// image create/update event).
+	criCacheWait = 2 * time.Second
+)
+
+// pullAndTag pulls forward upstream and, once the pull succeeded, makes the
+// image pulled as pulledRef (repo@sha256:...) known under tagAs too, so that
+// kubelet finds it by the tag it asked for. The client gets containerd's
+// response (the image ID) unchanged.
+func (s *Server) pullAndTag(ss grpc.ServerStream, forward any, pulledRef, tagAs string) error {
+	ctx := ss.Context()
+	var (
+		resp            runtimeapi.PullImageResponse
+		header, trailer metadata.MD
+	)
+	err := s.upstream.Invoke(outgoingContext(ctx), methodPullImage, forward, &resp,
+		s.codecOpt, grpc.Header(&header), grpc.Trailer(&trailer))
+	if err == nil {
+		if terr := s.tagImage(ctx, pulledRef, tagAs, resp.ImageRef); terr != nil {
+			s.log.Error("tag pinned pull", "image", pulledRef, "tag", tagAs, "err", terr)
+			err = status.Errorf(codes.Internal, "pullguard: pulled %s but could not tag it as %s: %v", pulledRef, tagAs, terr)
+		}
+	}
+	return s.reply(ss, &resp, header, trailer, err)
+}
+
+// tagImage creates or updates the containerd image tagAs to point where
+// pulledRef points, labelled as a CRI-managed image, then waits (bounded) for
+// the CRI image cache to resolve tagAs to imageID.
+func (s *Server) tagImage(ctx context.Context, pulledRef, tagAs, imageID string) error {
+	digested, err := reference.ParseDockerRef(pulledRef)
+	if err != nil {
+		return fmt.Errorf("parse pulled reference %q: %w", pulledRef, err)
+	}
+	canonical, ok := digested.(reference.Canonical)
+	if !ok {
+		return fmt.Errorf("pulled reference %q is not pinned to a digest", pulledRef)
+	}
+	tagged, err := reference.ParseDockerRef(tagAs)
+	if err != nil {
+		return fmt.Errorf("parse tag %q: %w", tagAs, err)
+	}
+	if _, ok := tagged.(reference.Tagged); !ok {
+		return fmt.Errorf("%q is not a tag reference", tagAs)
+	}
+
+	ictx := metadata.NewOutgoingContext(ctx, metadata.Pairs(namespaceHeader, s.namespace))
+	images := imagesapi.NewImagesClient(s.upstream)
+	got, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: canonical.String()})
+	if err != nil {
+		return fmt.Errorf("get pulled image %s: %w", canonical, err)
+	}
+	target := got.GetImage().GetTarget()
+	if target == nil {
+		return fmt.Errorf("pulled image %s has no target", canonical)
+	}
+	// What gets the tag must be exactly what was verified and pulled.
+	if target.Digest != canonical.Digest().String() {
+		return fmt.Errorf("pulled image %s points at %s, not at its digest", canonical, target.Digest)
+	}
+
+	img := &imagesapi.Image{
+		Name:   tagged.String(),
+		Target: target,
+		Labels: map[string]string{criImageLabel: criImageLabelValue},
+	}
+	_, err = images.Create(ictx, &imagesapi.CreateImageRequest{Image: img})
+	if status.Code(err) == codes.AlreadyExists {
+		// Only the fields CRI itself updates: other labels (e.g. pinned)
+		// stay as they are.
+		mask := &fieldmaskpb.FieldMask{Paths: []string{"target", "labels." + criImageLabel}}
+		_, err = images.Update(ictx, &imagesapi.UpdateImageRequest{Image: img, UpdateMask: mask})
+	}
+	if err != nil {
+		return fmt.Errorf("create or update image %s: %w", tagged, err)
+	}
+	return s.waitCRIImage(ctx, tagged.String(), imageID)
+}
+
+// waitCRIImage waits until CRI ImageStatus(name) reports imageID, so that the
+// kubelet's next lookup by name cannot miss. Polling is bounded by
+// criCacheWait; it usually succeeds on the first or second try.
+func (s *Server) waitCRIImage(ctx context.Context, name, imageID string) error {
+	ctx, cancel := context.WithTimeout(ctx, criCacheWait)
+	defer cancel()
+	imgs := runtimeapi.NewImageServiceClient(s.upstream)
+	delay := 5 * time.Millisecond
+	var last string
+	for {
+		st, err := imgs.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: name}})
+		switch {
+		case err != nil:
+			last = err.Error()
+		case st.GetImage() == nil:
+			last = "not in the CRI image cache yet"
+		case imageID != "" && st.GetImage().GetId() != imageID:
+			last = fmt.Sprintf("resolves to %s, not %s yet", st.GetImage().GetId(), imageID)
+		default:
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for CRI to resolve %s: %s: %w", name, last, errors.Join(ctx.Err()))
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 100*time.Millisecond)
+	}
 }

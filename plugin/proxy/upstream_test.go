@@ -14,12 +14,16 @@ import (
 	"testing"
 	"time"
 
+	imagesapi "github.com/containerd/containerd/api/services/images/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/distribution/reference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -40,6 +44,7 @@ type testUpstream struct {
 
 	mu        sync.Mutex
 	srv       *grpc.Server
+	images    map[string]*imagesapi.Image // containerd's image store, by name
 	pulls     []*runtimeapi.PullImageRequest
 	creates   []*runtimeapi.CreateContainerRequest
 	lastMD    metadata.MD
@@ -61,6 +66,7 @@ func newTestUpstream(t testing.TB, dir string, containers int) *testUpstream {
 		statusEntered: make(chan struct{}, 16),
 		statusRelease: make(chan struct{}),
 		statusCtxErr:  make(chan error, 16),
+		images:        make(map[string]*imagesapi.Image),
 	}
 	for i := range containers {
 		u.containers = append(u.containers, &runtimeapi.Container{
@@ -95,6 +101,7 @@ func (u *testUpstream) start(t testing.TB) {
 	)
 	runtimeapi.RegisterRuntimeServiceServer(srv, u)
 	runtimeapi.RegisterImageServiceServer(srv, u)
+	imagesapi.RegisterImagesServer(srv, &testImages{u: u})
 	u.mu.Lock()
 	u.srv = srv
 	u.mu.Unlock()
@@ -187,20 +194,129 @@ func (u *testUpstream) CreateContainer(_ context.Context, req *runtimeapi.Create
 	return &runtimeapi.CreateContainerResponse{ContainerId: "created-1"}, nil
 }
 
+// testImageID is the image ID (config digest) every test pull yields.
+var testImageID = "sha256:" + strings.Repeat("b", 64)
+
+// PullImage records the request and, like containerd's CRI, stores the image
+// under its ID and under the name pulled (with its digest as target when the
+// name carries one), labelled as CRI-managed.
 func (u *testUpstream) PullImage(_ context.Context, req *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
+	name := normalizeTestRef(req.GetImage().GetImage())
+	if strings.Contains(name, "fail-pull") {
+		return nil, status.Errorf(codes.NotFound, "failed to pull and unpack image %q: not found", name)
+	}
+	target := &types.Descriptor{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: "sha256:" + strings.Repeat("c", 64), Size: 500}
+	if _, dgst, ok := strings.Cut(name, "@"); ok {
+		target.Digest = dgst
+	}
+	labels := map[string]string{criImageLabel: criImageLabelValue}
 	u.mu.Lock()
+	defer u.mu.Unlock()
 	u.pulls = append(u.pulls, req)
-	u.mu.Unlock()
-	return &runtimeapi.PullImageResponse{ImageRef: "sha256:" + strings.Repeat("b", 64)}, nil
+	u.images[testImageID] = &imagesapi.Image{Name: testImageID, Target: target, Labels: labels}
+	u.images[name] = &imagesapi.Image{Name: name, Target: target, Labels: labels}
+	return &runtimeapi.PullImageResponse{ImageRef: testImageID}, nil
 }
 
+// ImageStatus answers from the image store like containerd's CRI: an empty
+// response for an unknown name.
 func (u *testUpstream) ImageStatus(_ context.Context, req *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
-	return &runtimeapi.ImageStatusResponse{Image: &runtimeapi.Image{
-		Id:          "sha256:" + strings.Repeat("b", 64),
-		RepoTags:    []string{req.GetImage().GetImage()},
-		RepoDigests: []string{"registry.example/app@sha256:" + strings.Repeat("c", 64)},
-		Size:        12345,
-	}}, nil
+	name := normalizeTestRef(req.GetImage().GetImage())
+	u.mu.Lock()
+	img, ok := u.images[name]
+	u.mu.Unlock()
+	if !ok || img.Labels[criImageLabel] != criImageLabelValue {
+		return &runtimeapi.ImageStatusResponse{}, nil
+	}
+	return &runtimeapi.ImageStatusResponse{Image: &runtimeapi.Image{Id: testImageID, RepoTags: []string{name}, Size: 12345}}, nil
+}
+
+// normalizeTestRef names images the way containerd's CRI does
+// (docker.io/library/app:latest for app); unparsable names stay as they are.
+func normalizeTestRef(ref string) string {
+	if strings.HasPrefix(ref, "sha256:") {
+		return ref
+	}
+	n, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return ref
+	}
+	return n.String()
+}
+
+func (u *testUpstream) image(name string) (*imagesapi.Image, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	img, ok := u.images[name]
+	return img, ok
+}
+
+// testImages is the part of containerd's native images API the proxy uses,
+// over the test upstream's image store. It insists on the namespace header.
+type testImages struct {
+	imagesapi.UnimplementedImagesServer
+	u *testUpstream
+}
+
+func checkNamespace(ctx context.Context) error {
+	if ns := metadata.ValueFromIncomingContext(ctx, namespaceHeader); len(ns) != 1 || ns[0] != DefaultUpstreamNamespace {
+		return status.Errorf(codes.FailedPrecondition, "namespace header = %v, want [%s]", ns, DefaultUpstreamNamespace)
+	}
+	return nil
+}
+
+func (t *testImages) Get(ctx context.Context, req *imagesapi.GetImageRequest) (*imagesapi.GetImageResponse, error) {
+	if err := checkNamespace(ctx); err != nil {
+		return nil, err
+	}
+	img, ok := t.u.image(req.Name)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "image %q: not found", req.Name)
+	}
+	return &imagesapi.GetImageResponse{Image: img}, nil
+}
+
+func (t *testImages) Create(ctx context.Context, req *imagesapi.CreateImageRequest) (*imagesapi.CreateImageResponse, error) {
+	if err := checkNamespace(ctx); err != nil {
+		return nil, err
+	}
+	t.u.mu.Lock()
+	defer t.u.mu.Unlock()
+	if _, ok := t.u.images[req.Image.Name]; ok {
+		return nil, status.Errorf(codes.AlreadyExists, "image %q: already exists", req.Image.Name)
+	}
+	t.u.images[req.Image.Name] = req.Image
+	return &imagesapi.CreateImageResponse{Image: req.Image}, nil
+}
+
+// Update honours only the mask paths the proxy may send.
+func (t *testImages) Update(ctx context.Context, req *imagesapi.UpdateImageRequest) (*imagesapi.UpdateImageResponse, error) {
+	if err := checkNamespace(ctx); err != nil {
+		return nil, err
+	}
+	t.u.mu.Lock()
+	defer t.u.mu.Unlock()
+	old, ok := t.u.images[req.Image.Name]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "image %q: not found", req.Image.Name)
+	}
+	updated := proto.Clone(old).(*imagesapi.Image)
+	for _, p := range req.GetUpdateMask().GetPaths() {
+		switch {
+		case p == "target":
+			updated.Target = req.Image.Target
+		case strings.HasPrefix(p, "labels."):
+			key := strings.TrimPrefix(p, "labels.")
+			if updated.Labels == nil {
+				updated.Labels = map[string]string{}
+			}
+			updated.Labels[key] = req.Image.Labels[key]
+		default:
+			return nil, status.Errorf(codes.InvalidArgument, "unexpected update path %q", p)
+		}
+	}
+	t.u.images[req.Image.Name] = updated
+	return &imagesapi.UpdateImageResponse{Image: updated}, nil
 }
 
 func (u *testUpstream) recordedPulls() []*runtimeapi.PullImageRequest {
