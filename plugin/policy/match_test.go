@@ -99,13 +99,13 @@ func TestMatch(t *testing.T) {
 			image: "nginx@" + digestA, wantReason: "no repository"},
 		{name: "tag wildcard", policies: []Policy{cluster("c", "nginx:1.*")},
 			image: "nginx:1.25.3", want: "nginx:1.*"},
-		{name: "digest pattern matches digest", policies: []Policy{cluster("c", "nginx@" + digestA)},
+		{name: "digest pattern matches digest", policies: []Policy{cluster("c", "nginx@"+digestA)},
 			image: "nginx@" + digestA, want: "nginx@" + digestA},
-		{name: "digest pattern matches tag+digest", policies: []Policy{cluster("c", "nginx@" + digestA)},
+		{name: "digest pattern matches tag+digest", policies: []Policy{cluster("c", "nginx@"+digestA)},
 			image: "nginx:1.25@" + digestA, want: "nginx@" + digestA},
-		{name: "digest pattern rejects other digest", policies: []Policy{cluster("c", "nginx@" + digestA)},
+		{name: "digest pattern rejects other digest", policies: []Policy{cluster("c", "nginx@"+digestA)},
 			image: "nginx@" + digestB, wantReason: "no repository"},
-		{name: "digest pattern rejects tag-only image", policies: []Policy{cluster("c", "nginx@" + digestA)},
+		{name: "digest pattern rejects tag-only image", policies: []Policy{cluster("c", "nginx@"+digestA)},
 			image: "nginx:1.25", wantReason: "no repository"},
 
 		// Exact beats wildcard; most specific wildcard wins; ties go to the first.
