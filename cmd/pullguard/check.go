@@ -1,14 +1,21 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strings"
 
 	"github.com/pullguard/pullguard/config"
 	"github.com/pullguard/pullguard/plugin/enforce"
+	"github.com/pullguard/pullguard/plugin/registry"
 )
 
 // runCheck decides on one image exactly as a pull would, and prints the
@@ -18,12 +25,20 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", defaultConfigPath, "node config file (TOML)")
 	namespace := fs.String("namespace", "", "pod namespace (empty: the cluster policy, as for a pull without a pod)")
+	username := fs.String("username", "", "registry user name for a private registry")
+	passwordStdin := fs.Bool("password-stdin", false, "read the registry password from standard input (keeps it out of ps and shell history)")
+	dockerConfig := fs.String("docker-config", "", "read registry credentials from a docker config.json (auths)")
 	verbose := fs.Bool("v", false, "also write the audit log line to stderr")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: pullguard check [--config FILE] [--namespace NS] IMAGE")
+		fmt.Fprintln(stderr, "usage: pullguard check [--config FILE] [--namespace NS] [--username U --password-stdin | --docker-config FILE] IMAGE")
+		return 2
+	}
+	creds, err := checkCredentials(*username, *passwordStdin, *dockerConfig, os.Stdin)
+	if err != nil {
+		fmt.Fprintf(stderr, "pullguard check: %v\n", err)
 		return 2
 	}
 	cfg, err := config.Load(*configPath)
@@ -35,12 +50,12 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if *verbose {
 		log = newLogger(cfg, stderr)
 	}
-	comp, err := assemble(ctx, cfg, log, nil)
+	comp, err := assemble(ctx, cfg, shared{log: log})
 	if err != nil {
 		fmt.Fprintf(stderr, "pullguard check: %v\n", err)
 		return 2
 	}
-	d := comp.engine.Decide(ctx, enforce.Request{Op: enforce.OpCheck, Namespace: *namespace, Image: fs.Arg(0)})
+	d := comp.engine.Decide(ctx, enforce.Request{Op: enforce.OpCheck, Namespace: *namespace, Image: fs.Arg(0), Credentials: creds})
 	printDecision(stdout, d)
 	switch {
 	case d.Category == enforce.InvalidImage:
@@ -51,10 +66,90 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return 0
 }
 
+// checkCredentials returns the credentials lookup for check's flags.
+func checkCredentials(username string, passwordStdin bool, dockerConfig string, stdin io.Reader) (func(string) *registry.Credentials, error) {
+	switch {
+	case username != "" && dockerConfig != "":
+		return nil, errors.New("--username and --docker-config are exclusive")
+	case username != "":
+		var password string
+		if passwordStdin {
+			line, err := bufio.NewReader(stdin).ReadString('\n')
+			if err != nil && !errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("read password from stdin: %w", err)
+			}
+			password = strings.TrimRight(line, "\r\n")
+		}
+		c := &registry.Credentials{Username: username, Password: password}
+		return func(string) *registry.Credentials { return c }, nil
+	case passwordStdin:
+		return nil, errors.New("--password-stdin needs --username")
+	case dockerConfig != "":
+		return dockerConfigCredentials(dockerConfig)
+	}
+	return nil, nil
+}
+
+// dockerConfigCredentials reads the "auths" of a docker config.json, as
+// kubelet's imagePullSecrets carry them.
+func dockerConfigCredentials(path string) (func(string) *registry.Credentials, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read docker config: %w", err)
+	}
+	var doc struct {
+		Auths map[string]struct {
+			Auth          string `json:"auth"`
+			Username      string `json:"username"`
+			Password      string `json:"password"`
+			IdentityToken string `json:"identitytoken"`
+			RegistryToken string `json:"registrytoken"`
+		} `json:"auths"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		// The decoder's message never quotes secret values at length, but
+		// say only where the problem is.
+		return nil, fmt.Errorf("parse docker config %s: invalid JSON", path)
+	}
+	byHost := map[string]*registry.Credentials{}
+	for server, a := range doc.Auths {
+		host := normalizeAuthHost(server)
+		user, pass := a.Username, a.Password
+		if a.Auth != "" {
+			raw, err := base64.StdEncoding.DecodeString(a.Auth)
+			if err != nil {
+				return nil, fmt.Errorf("docker config %s: auth for %s is not base64", path, server)
+			}
+			u, p, ok := strings.Cut(string(raw), ":")
+			if !ok {
+				return nil, fmt.Errorf("docker config %s: auth for %s is not user:password", path, server)
+			}
+			user, pass = u, p
+		}
+		byHost[host] = &registry.Credentials{Username: user, Password: pass, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken}
+	}
+	return func(host string) *registry.Credentials { return byHost[normalizeAuthHost(host)] }, nil
+}
+
+// normalizeAuthHost maps the spellings docker config keys use for a host
+// ("https://host/v1/", "index.docker.io") to the image reference's domain.
+func normalizeAuthHost(s string) string {
+	s = strings.TrimPrefix(strings.TrimPrefix(s, "https://"), "http://")
+	s, _, _ = strings.Cut(s, "/")
+	switch s {
+	case "index.docker.io", "registry-1.docker.io":
+		return "docker.io"
+	}
+	return s
+}
+
 func printDecision(w io.Writer, d *enforce.Decision) {
 	verdict := string(d.Verdict)
-	if d.Audited {
+	switch {
+	case d.Audited:
 		verdict += " (audit mode: would deny)"
+	case d.FailedOpen:
+		verdict += " (fail_open: registry unavailable, checks skipped)"
 	}
 	ns := d.Namespace
 	if ns == "" {
@@ -66,6 +161,9 @@ func printDecision(w io.Writer, d *enforce.Decision) {
 	if d.Digest != "" {
 		fmt.Fprintf(w, "digest:    %s\n", d.Digest)
 	}
+	if d.PinnedRef != "" {
+		fmt.Fprintf(w, "pinned:    %s\n", d.PinnedRef)
+	}
 	if d.Policy != "" {
 		fmt.Fprintf(w, "policy:    %s\n", d.Policy)
 	}
@@ -73,10 +171,13 @@ func printDecision(w io.Writer, d *enforce.Decision) {
 		fmt.Fprintf(w, "rule:      %q\n", d.Rule)
 	}
 	fmt.Fprintf(w, "reason:    %s\n", d.Reason)
-	for _, line := range d.Details {
-		fmt.Fprintf(w, "  %s\n", line)
+	if len(d.Details) > 0 {
+		fmt.Fprintln(w, "details:")
+		for _, line := range d.Details {
+			fmt.Fprintf(w, "  %s\n", line)
+		}
 	}
-	if d.Denied() || d.Audited {
+	if d.Denied() || d.Audited || d.FailedOpen {
 		fmt.Fprintf(w, "message:   %s\n", d.Message())
 	}
 }

@@ -13,38 +13,16 @@ import (
 	"strings"
 
 	"github.com/pullguard/pullguard/config"
-	"github.com/pullguard/pullguard/plugin/enforce"
-	"github.com/pullguard/pullguard/plugin/policy"
 )
-
-// assemble builds the decision engine from a validated config.
-func assemble(_ context.Context, cfg *config.Config, log *slog.Logger, obs enforce.Observer) (*components, error) {
-	set, err := buildPolicySet(cfg)
-	if err != nil {
-		return nil, err
-	}
-	e := enforce.New(set, enforce.Options{Logger: log, Timeout: cfg.Decision.Timeout.Duration, Observer: obs})
-	return &components{engine: e}, nil
-}
-
-func buildPolicySet(cfg *config.Config) (*policy.Set, error) {
-	pols, err := cfg.Policies()
-	if err != nil {
-		return nil, fmt.Errorf("load policies: %w", err)
-	}
-	set, err := policy.NewSet(pols, policy.Mode(cfg.Policy.DefaultMode))
-	if err != nil {
-		return nil, fmt.Errorf("build policy set: %w", err)
-	}
-	return set, nil
-}
 
 // reloader swaps in a new config when its files change or on SIGHUP. A
 // config that does not load, validate and build is rejected and the last
 // good one stays in force: a typo must never unprotect a node.
 type reloader struct {
-	path        string
-	engine      *enforce.Engine
+	path string
+	// build makes the components of a new config; swap puts them in force.
+	build       func(cfg *config.Config) (*components, error)
+	swap        func(*components)
 	log         *slog.Logger
 	metrics     *metrics
 	running     *config.Config
@@ -64,17 +42,20 @@ func (r *reloader) reload(_ context.Context, forced bool) {
 	}
 	cfg, err := config.Load(r.path)
 	if err == nil {
-		var set *policy.Set
-		if set, err = buildPolicySet(cfg); err == nil {
+		var comp *components
+		if comp, err = r.build(cfg); err == nil {
 			r.warnImmutable(cfg)
-			r.engine.SetPolicies(set)
+			for _, w := range cfg.Warnings() {
+				r.log.Warn("config warning", "config", r.path, "warning", w)
+			}
+			r.swap(comp)
 			// The new config may name another policy directory.
 			if nfp, ferr := fingerprint(cfg, r.path); ferr == nil {
 				fp = nfp
 			}
 			r.running, r.fingerprint, r.rejected = cfg, fp, ""
 			r.metrics.reloaded(true)
-			r.log.Info("config reloaded", "config", r.path, "policy_hash", set.Hash())
+			r.log.Info("config reloaded", "config", r.path, "policy_hash", comp.engine.Policies().Hash())
 			return
 		}
 	}

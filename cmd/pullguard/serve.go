@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pullguard/pullguard/config"
-	"github.com/pullguard/pullguard/plugin/enforce"
 	"github.com/pullguard/pullguard/plugin/proxy"
 )
 
@@ -42,8 +41,21 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	for _, w := range cfg.Warnings() {
+		log.Warn("config warning", "config", *configPath, "warning", w)
+	}
 	m := newMetrics()
-	comp, err := assemble(ctx, cfg, log, m)
+	sh := shared{log: log, obs: m, facts: newFactsCache(cfg)}
+	if f := cfg.CacheFile(); f != "" {
+		// Facts from before a restart let an offline node start images it
+		// already verified; a corrupt file costs re-verification, not startup.
+		if n, err := sh.facts.Load(f); err != nil {
+			log.Warn("facts cache not loaded; images will be verified again", "file", f, "error", err)
+		} else {
+			log.Info("facts cache loaded", "file", f, "entries", n)
+		}
+	}
+	comp, err := assemble(ctx, cfg, sh)
 	if err != nil {
 		log.Error("cannot start", "config", *configPath, "error", err)
 		return 2
@@ -80,7 +92,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	log.Info("pullguard serving", "socket", cfg.Server.Socket, "upstream", cfg.Server.UpstreamPath(),
 		"policy_hash", comp.engine.Policies().Hash(), "version", version)
 
-	r := &reloader{path: *configPath, engine: comp.engine, log: log, metrics: m, running: cfg}
+	r := &reloader{
+		path:  *configPath,
+		build: func(c *config.Config) (*components, error) { return assemble(ctx, c, sh) },
+		swap:  func(c *components) { srv.SetGate(proxy.NewEnforcer(c.engine)) },
+		log:   log, metrics: m, running: cfg,
+	}
 	r.fingerprint, _ = fingerprint(cfg, *configPath)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -118,6 +135,11 @@ loop:
 	}
 	if httpSrv != nil {
 		_ = httpSrv.Shutdown(sctx)
+	}
+	if f := r.running.CacheFile(); f != "" {
+		if err := sh.facts.Save(f); err != nil {
+			log.Warn("facts cache not saved", "file", f, "error", err)
+		}
 	}
 	if err := os.Remove(cfg.Server.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn("remove socket", "socket", cfg.Server.Socket, "error", err)
@@ -169,10 +191,4 @@ func startOpsServer(addr string, ready readiness, m *metrics, log *slog.Logger) 
 		}
 	}()
 	return s, nil
-}
-
-// components are what a config builds; a reload builds a new set and swaps
-// it in only when every part built.
-type components struct {
-	engine *enforce.Engine
 }

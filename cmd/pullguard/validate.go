@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 
 	"github.com/pullguard/pullguard/config"
 )
@@ -18,11 +17,15 @@ func runValidateConfig(ctx context.Context, args []string, stdout, stderr io.Wri
 	}
 	cfg, err := config.Load(args[0])
 	if err == nil {
-		_, err = assemble(ctx, cfg, slog.New(slog.DiscardHandler), nil)
+		_, err = assemble(ctx, cfg, shared{})
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: invalid: %v\n", args[0], err)
+		// config errors already name the file.
+		fmt.Fprintf(stderr, "invalid: %v\n", err)
 		return 1
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", args[0])
 	return 0

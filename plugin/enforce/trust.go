@@ -58,7 +58,8 @@ func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named)
 	}
 	desc, err := e.opts.Resolver.Resolve(ctx, ref, creds)
 	if err != nil {
-		return nil, registryFailure(fmt.Sprintf("resolve %s", ref), err)
+		// The registry client's error already names the reference.
+		return nil, registryFailure("", err)
 	}
 	return &subject{name: name, repo: reference.TrimNamed(name), desc: desc, creds: creds}, nil
 }
@@ -102,6 +103,9 @@ type failure struct {
 // registryFailure classifies a registry error: could not ask (fail closed
 // with RegistryUnavailable) versus asked and was refused.
 func registryFailure(what string, err error) *failure {
+	if what == "" {
+		what = "registry"
+	}
 	switch {
 	case errors.Is(err, registry.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return &failure{RegistryUnavailable, fmt.Sprintf("%s: %v", what, err)}
