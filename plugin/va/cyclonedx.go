@@ -17,8 +17,8 @@ type cdxBOM struct {
 		Timestamp string          `json:"timestamp"`
 		Tools     json.RawMessage `json:"tools"`
 	} `json:"metadata"`
-	Components      []cdxComponent  `json:"components"`
-	Vulnerabilities json.RawMessage `json:"vulnerabilities"`
+	Components      []cdxComponent `json:"components"`
+	Vulnerabilities *[]cdxVuln     `json:"vulnerabilities"` // nil: absent or null
 }
 
 type cdxComponent struct {
@@ -69,14 +69,10 @@ func ParseCycloneDX(data []byte) (*Report, error) {
 	if bom.BOMFormat != "CycloneDX" {
 		return nil, fmt.Errorf("parse CycloneDX: bomFormat %q, want CycloneDX", clean(bom.BOMFormat, 32))
 	}
-	raw := bytes.TrimSpace(bom.Vulnerabilities)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+	if bom.Vulnerabilities == nil {
 		return nil, fmt.Errorf("parse CycloneDX: no vulnerabilities array (an SBOM): %w", ErrNotVulnerabilityReport)
 	}
-	var vulns []cdxVuln
-	if err := json.Unmarshal(raw, &vulns); err != nil {
-		return nil, fmt.Errorf("parse CycloneDX: vulnerabilities: %w", err)
-	}
+	vulns := *bom.Vulnerabilities
 
 	rep := &Report{Format: FormatCycloneDX}
 	if bom.Metadata.Timestamp != "" {

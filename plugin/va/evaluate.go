@@ -212,3 +212,38 @@ func Evaluate(report *Report, opts Options, namespace string, now time.Time) Res
 	res.Reason = res.Message(DefaultMessageFindings)
 	return res
 }
+
+// LogValue is the audit-log form of a result: the verdict inputs and full
+// counts, with offending ids bounded like the message.
+func (r Result) LogValue() slog.Value {
+	attrs := []slog.Attr{
+		slog.Bool("pass", r.Pass),
+		slog.String("scanner", r.Scanner),
+		slog.Bool("stale", r.Stale),
+		slog.Int("offending", len(r.Offending)),
+		slog.Int("exempted", r.Exempted),
+		slog.Int("unfixed_ignored", r.Unfixed),
+		slog.Any("counts", r.Counts),
+	}
+	if !r.CreatedAt.IsZero() {
+		attrs = append(attrs, slog.Time("report_created", r.CreatedAt), slog.Duration("report_age", r.Age))
+	}
+	if len(r.Offending) > 0 {
+		ids := make([]string, 0, DefaultMessageFindings)
+		for i, f := range r.Offending {
+			if i == DefaultMessageFindings {
+				break
+			}
+			ids = append(ids, f.ID)
+		}
+		attrs = append(attrs, slog.Any("worst", ids))
+	}
+	if len(r.Expired) > 0 {
+		ids := make([]string, 0, len(r.Expired))
+		for _, e := range r.Expired {
+			ids = append(ids, e.ID)
+		}
+		attrs = append(attrs, slog.Any("expired_exemptions", ids))
+	}
+	return slog.GroupValue(attrs...)
+}

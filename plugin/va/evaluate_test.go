@@ -182,9 +182,15 @@ func TestEvaluateOrderCountsAndMessageBound(t *testing.T) {
 
 	// The audit log carries the full counts.
 	var b strings.Builder
-	slog.New(slog.NewTextHandler(&b, nil)).Info("va", "counts", res.Counts)
-	if !strings.Contains(b.String(), "counts.critical=2 counts.high=9 counts.medium=0 counts.low=1 counts.none=1 counts.unknown=1") {
-		t.Fatalf("log line %q", b.String())
+	slog.New(slog.NewTextHandler(&b, nil)).Info("va", "va", res)
+	for _, want := range []string{
+		"va.pass=false", "va.scanner=\"Trivy 0.58.1\"", "va.offending=12",
+		"va.counts.critical=2 va.counts.high=9 va.counts.medium=0 va.counts.low=1 va.counts.none=1 va.counts.unknown=1",
+		"va.report_age=2h13m0s", "va.worst=\"[CVE-2023-0001 CVE-2023-0003 CVE-2023-0002 CVE-2024-0012 CVE-2024-0013]\"",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("log line %q lacks %q", b.String(), want)
+		}
 	}
 }
 

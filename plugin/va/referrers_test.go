@@ -75,9 +75,14 @@ type testRegistry struct {
 
 // newTestRegistry starts go-containerregistry's registry with the referrers
 // API and pushes a small image to it.
-func newTestRegistry(t *testing.T) *testRegistry {
+func newTestRegistry(t *testing.T) *testRegistry { return newTestRegistryAPI(t, true) }
+
+// newTestRegistryAPI starts the registry with or without the referrers API;
+// without it, oras-go lists referrers in the tag schema ("sha256-<hex>" index)
+// when pushing them and reads that index when listing.
+func newTestRegistryAPI(t *testing.T, referrersAPI bool) *testRegistry {
 	t.Helper()
-	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.WithReferrersSupport(true), ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.WithReferrersSupport(referrersAPI), ggcrregistry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(srv.Close)
 	repo, err := remote.NewRepository(strings.TrimPrefix(srv.URL, "http://") + "/team/app")
 	if err != nil {
@@ -86,7 +91,7 @@ func newTestRegistry(t *testing.T) *testRegistry {
 	repo.PlainHTTP = true
 	// The test registry serves the referrers API but does not answer pushes
 	// with OCI-Subject; without this oras would also maintain a tag-schema index.
-	if err := repo.SetReferrersCapability(true); err != nil {
+	if err := repo.SetReferrersCapability(referrersAPI); err != nil {
 		t.Fatal(err)
 	}
 	tr := &testRegistry{t: t, srv: srv, repo: repo, reg: &orasRegistry{repo: repo}}
@@ -395,4 +400,25 @@ func TestReferrersDistrustsListing(t *testing.T) {
 			t.Fatalf("got %v, %v; want %s", att, err, newest.Digest)
 		}
 	})
+}
+
+func TestReferrersTagSchema(t *testing.T) {
+	tr := newTestRegistryAPI(t, false)
+	tr.attach(tr.subject, styleOras11, va.MediaTypeSARIF, vatest.TrivySARIF(scanAt(t0, critVuln)), t0)
+	newest := tr.attach(tr.subject, styleConfigType, va.MediaTypeTrivyJSON, vatest.TrivyJSON(scanAt(t0.Add(time.Hour), lowVuln)), t0.Add(time.Hour))
+	// A fresh client, so the listing really comes from the tag-schema index.
+	repo, err := remote.NewRepository(tr.repo.Reference.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo.PlainHTTP = true
+	q := tr.query(false)
+	q.Image.Registry = &orasRegistry{repo: repo}
+	att, err := va.NewReferrersSource(va.ReferrersOptions{}).Report(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if att.Descriptor.Digest != newest.Digest || len(att.Report.Findings) != 1 {
+		t.Fatalf("got %s, want %s", att.Descriptor.Digest, newest.Digest)
+	}
 }

@@ -49,9 +49,9 @@ type sarifRun struct {
 			Rules           []sarifRule `json:"rules"`
 		} `json:"driver"`
 	} `json:"tool"`
-	// Results stays raw so that an absent or null array (the tool did not
-	// run to completion, per SARIF §3.14.23) is distinguishable from [].
-	Results     json.RawMessage `json:"results"`
+	// A pointer so that an absent or null array (the tool did not run to
+	// completion, per SARIF §3.14.23) is distinguishable from [].
+	Results     *[]sarifResult `json:"results"`
 	Invocations []struct {
 		StartTimeUTC string `json:"startTimeUtc"`
 		EndTimeUTC   string `json:"endTimeUtc"`
@@ -134,14 +134,10 @@ func addSARIFRun(rep *Report, run *sarifRun) error {
 		}
 	}
 
-	raw := bytes.TrimSpace(run.Results)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+	if run.Results == nil {
 		return errors.New("no results array (the scan did not complete)")
 	}
-	var results []sarifResult
-	if err := json.Unmarshal(raw, &results); err != nil {
-		return fmt.Errorf("results: %w", err)
-	}
+	results := *run.Results
 
 	ruleByID := make(map[string]*sarifRule, len(driver.Rules))
 	for i := range driver.Rules {
