@@ -331,3 +331,40 @@ func TestMirrorFromHostsDir(t *testing.T) {
 		t.Fatalf("resolved %s through the mirror, want %s", got.Digest, img.Digest)
 	}
 }
+
+func TestCredentialsAskedPerEndpointHost(t *testing.T) {
+	srv := registrytest.Start(t, registrytest.Config{Username: "alice", Password: "s3cret"})
+	img := registrytest.PushImage(t, srv.Repo(t, "private"), "v1")
+	c := newClient(t, registry.Options{})
+	ref := named(t, srv.Host+"/private:v1")
+	tests := []struct {
+		name    string
+		forHost string
+		wantErr error
+	}{
+		{"credentials for this host", srv.Host, nil},
+		{"credentials only for another host", "other.example", registry.ErrUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var asked []string
+			repo, err := c.RepositoryWith(context.Background(), ref, func(host string) *registry.Credentials {
+				asked = append(asked, host)
+				if host == tt.forHost {
+					return &registry.Credentials{Username: "alice", Password: "s3cret"}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := repo.Resolve(context.Background(), ref)
+			if tt.wantErr == nil && (err != nil || got.Digest != img.Digest) || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Fatalf("resolve = %v, %v; want %v", got.Digest, err, tt.wantErr)
+			}
+			if len(asked) != 1 || asked[0] != srv.Host {
+				t.Fatalf("credentials asked for %v, want [%s]", asked, srv.Host)
+			}
+		})
+	}
+}

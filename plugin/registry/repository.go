@@ -30,10 +30,22 @@ type repoEndpoint struct {
 	repo *remote.Repository
 }
 
+// CredentialFunc returns the credentials to present to one registry host
+// (nil: anonymous). Like containerd, a Repository asks once per endpoint it
+// may contact, with the endpoint's host (a mirror's host, or
+// "registry-1.docker.io" for docker.io).
+type CredentialFunc func(host string) *Credentials
+
 // Repository prepares access to the repository of ref (its tag or digest is
 // ignored). creds may be nil (anonymous); they are sent to every endpoint of
 // the repository, as containerd does for credentials without a server address.
 func (c *Client) Repository(ctx context.Context, ref reference.Named, creds *Credentials) (*Repository, error) {
+	return c.RepositoryWith(ctx, ref, func(string) *Credentials { return creds })
+}
+
+// RepositoryWith is Repository asking creds (which may be nil) for each
+// endpoint's credentials.
+func (c *Client) RepositoryWith(ctx context.Context, ref reference.Named, creds CredentialFunc) (*Repository, error) {
 	domain := reference.Domain(ref)
 	eps, err := c.Endpoints(domain)
 	if err != nil {
@@ -52,8 +64,12 @@ func (c *Client) Repository(ctx context.Context, ref reference.Named, creds *Cre
 		}
 		httpClient := &http.Client{Transport: &endpointTransport{base: base, ep: ep, upstream: upstream}}
 		var cred auth.Credential
-		if !creds.empty() {
-			cred = auth.Credential{Username: creds.Username, Password: creds.Password, RefreshToken: creds.IdentityToken, AccessToken: creds.RegistryToken}
+		var epCreds *Credentials
+		if creds != nil {
+			epCreds = creds(ep.Host)
+		}
+		if !epCreds.empty() {
+			cred = auth.Credential{Username: epCreds.Username, Password: epCreds.Password, RefreshToken: epCreds.IdentityToken, AccessToken: epCreds.RegistryToken}
 		}
 		client := &auth.Client{
 			Client:     httpClient,

@@ -68,7 +68,9 @@ func newVerifier(t *testing.T, signers []*trust.LoadedSigner, regOpts registry.O
 	return v
 }
 
-func repoName(t *testing.T, host, path string) reference.Named {
+func repoName(t *testing.T, host, path string) reference.Named { return repoNameB(t, host, path) }
+
+func repoNameB(t testing.TB, host, path string) reference.Named {
 	t.Helper()
 	n, err := reference.ParseNormalizedNamed(host + "/" + path)
 	if err != nil {
@@ -76,6 +78,8 @@ func repoName(t *testing.T, host, path string) reference.Named {
 	}
 	return n
 }
+
+func trusttestSubject() pkix.Name { return releaseSubject }
 
 // tamper flips a bit inside the signature value of an envelope, keeping it
 // well-formed.
