@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -29,6 +28,9 @@ const (
 	// cache to pick up the new name (it does so asynchronously, from the
 	// image create/update event).
 	criCacheWait = 2 * time.Second
+	// tagTimeout bounds the whole tagging step (kubelet sets no deadline on
+	// PullImage, and pulls are serialised on the node).
+	tagTimeout = 30 * time.Second
 )
 
 // pullAndTag pulls forward upstream and, once the pull succeeded, makes the
@@ -56,6 +58,8 @@ func (s *Server) pullAndTag(ss grpc.ServerStream, forward any, pulledRef, tagAs 
 // pulledRef points, labelled as a CRI-managed image, then waits (bounded) for
 // the CRI image cache to resolve tagAs to imageID.
 func (s *Server) tagImage(ctx context.Context, pulledRef, tagAs, imageID string) error {
+	ctx, cancel := context.WithTimeout(ctx, tagTimeout)
+	defer cancel()
 	digested, err := reference.ParseDockerRef(pulledRef)
 	if err != nil {
 		return fmt.Errorf("parse pulled reference %q: %w", pulledRef, err)
@@ -128,7 +132,7 @@ func (s *Server) waitCRIImage(ctx context.Context, name, imageID string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for CRI to resolve %s: %s: %w", name, last, errors.Join(ctx.Err()))
+			return fmt.Errorf("wait for CRI to resolve %s: %s: %w", name, last, ctx.Err())
 		case <-time.After(delay):
 		}
 		delay = min(delay*2, 100*time.Millisecond)
