@@ -49,8 +49,8 @@
 // Query.RequireSigned, then the report blob (bounded by MaxReportBytes) and
 // parse. Undated artifacts are ordered by the report content's time. Only
 // MaxCandidates artifacts are examined, so a flood of junk referrers costs a
-// bounded number of round trips (it can at worst make the image unscannable,
-// which denies).
+// bounded number of round trips; when it pushes every report out of that
+// window the answer is ErrUntrustedReport (deny), never ErrNoReport.
 //
 // # An HTTP scanner API source (e.g. Harbor)
 //

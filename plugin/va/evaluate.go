@@ -41,6 +41,7 @@ func (e Exemption) appliesTo(namespace string) bool {
 // with the matching policy rule by the caller).
 type Options struct {
 	// MaxSeverity is the worst severity admitted; findings above it deny.
+	// The zero value (SeverityUnknown) sits below none and admits no finding.
 	MaxSeverity Severity
 	// IgnoreUnfixed skips findings the report says have no fix.
 	IgnoreUnfixed bool

@@ -101,7 +101,8 @@ func (s *ReferrersSource) Report(ctx context.Context, q Query) (*Attested, error
 		}
 		return b.at.Compare(a.at)
 	})
-	if len(cands) > s.opts.MaxCandidates {
+	truncated := len(cands) > s.opts.MaxCandidates
+	if truncated {
 		s.opts.Log.WarnContext(ctx, "too many report artifacts, examining the newest only",
 			"subject", img.Subject.Digest.String(), "found", len(cands), "max", s.opts.MaxCandidates)
 		cands = cands[:s.opts.MaxCandidates]
@@ -142,6 +143,12 @@ func (s *ReferrersSource) Report(ctx context.Context, q Query) (*Attested, error
 		return best, nil
 	case len(rejected) > 0:
 		return nil, fmt.Errorf("%w for %s: %w", ErrUntrustedReport, img.Subject.Digest, errors.Join(rejected...))
+	case truncated:
+		// Unexamined artifacts may hold the report: "unscanned" cannot be
+		// concluded, or flooding an image with junk referrers would turn a
+		// bad report into unscanned = "allow".
+		return nil, fmt.Errorf("%w for %s: only the newest %d of the report-like artifacts were examined and none is a report",
+			ErrUntrustedReport, img.Subject.Digest, s.opts.MaxCandidates)
 	default:
 		return nil, fmt.Errorf("%w for %s", ErrNoReport, img.Subject.Digest)
 	}

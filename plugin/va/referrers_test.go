@@ -338,6 +338,21 @@ func TestReferrersBounds(t *testing.T) {
 			t.Fatalf("got %v after %d verifications, %d manifest fetches; want 2 each", err, v.calls.Load(), tr.reg.manifestFetchs.Load())
 		}
 	})
+	t.Run("a flood of non-report artifacts does not make the image unscanned", func(t *testing.T) {
+		tr := newTestRegistry(t)
+		tr.attach(tr.subject, styleOras11, va.MediaTypeSARIF, vatest.TrivySARIF(scanAt(t0, critVuln)), t0)
+		for i := range 3 {
+			tr.attach(tr.subject, styleConfigType, va.MediaTypeJSON, []byte(`{"junk":true}`), t0.Add(time.Duration(i+1)*time.Hour))
+		}
+		_, err := va.NewReferrersSource(va.ReferrersOptions{MaxCandidates: 3}).Report(ctx, tr.query(false))
+		if !errors.Is(err, va.ErrUntrustedReport) || errors.Is(err, va.ErrNoReport) || !strings.Contains(err.Error(), "only the newest 3") {
+			t.Fatalf("got %v", err)
+		}
+		att, err := va.NewReferrersSource(va.ReferrersOptions{MaxCandidates: 4}).Report(ctx, tr.query(false))
+		if err != nil || len(att.Report.Findings) != 1 {
+			t.Fatalf("with room for it: %v, %v", att, err)
+		}
+	})
 	t.Run("malformed newest report denies", func(t *testing.T) {
 		tr := newTestRegistry(t)
 		tr.attach(tr.subject, styleOras11, va.MediaTypeSARIF, vatest.TrivySARIF(scanAt(t0)), t0)
