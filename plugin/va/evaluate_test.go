@@ -66,6 +66,7 @@ func TestEvaluate(t *testing.T) {
 	}{
 		{name: "nil report", report: nil, opts: high, reason: []string{"no vulnerability report"}},
 		{name: "clean", report: evalReport(), opts: high, pass: true, reason: []string{"passes max_severity high: 0 findings"}},
+		{name: "one finding passing", report: evalReport(low), opts: high, pass: true, reason: []string{"passes max_severity high: 1 finding, 0 exempted"}},
 		{name: "at threshold passes", report: evalReport(highF, low), opts: high, pass: true},
 		{name: "above threshold denies", report: evalReport(highF, crit), opts: high, offending: "CVE-2024-0001/openssl",
 			reason: []string{"has 1 finding above max_severity high: CVE-2024-0001 (critical, openssl 1.0)", "Trivy 0.58.1", "2h13m old"}},

@@ -39,10 +39,6 @@ func (r *Result) Message(limit int) string {
 		}
 	}
 	if n := len(r.Offending); n > 0 {
-		noun := "findings"
-		if n == 1 {
-			noun = "finding"
-		}
 		var list []string
 		for i, f := range r.Offending {
 			if i == limit {
@@ -51,7 +47,7 @@ func (r *Result) Message(limit int) string {
 			}
 			list = append(list, r.describe(f))
 		}
-		parts = append(parts, fmt.Sprintf("has %d %s above max_severity %s: %s", n, noun, r.maxSeverity, strings.Join(list, ", ")))
+		parts = append(parts, fmt.Sprintf("has %s above max_severity %s: %s", plural(n, "finding"), r.maxSeverity, strings.Join(list, ", ")))
 	}
 	for i, e := range r.Expired {
 		if i == limit {
@@ -61,8 +57,8 @@ func (r *Result) Message(limit int) string {
 		parts = append(parts, fmt.Sprintf("%s exemption expired %s", e.ID, e.Expires.UTC().Format(time.DateOnly)))
 	}
 	if r.Pass {
-		parts = append(parts, fmt.Sprintf("passes max_severity %s: %d findings, %d exempted, %d unfixed ignored",
-			r.maxSeverity, r.Counts.Total(), r.Exempted, r.Unfixed))
+		parts = append(parts, fmt.Sprintf("passes max_severity %s: %s, %d exempted, %d unfixed ignored",
+			r.maxSeverity, plural(r.Counts.Total(), "finding"), r.Exempted, r.Unfixed))
 	}
 	return b.String() + " " + strings.Join(parts, "; ")
 }
@@ -102,4 +98,11 @@ func formatAge(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%ds", d/time.Second)
 	}
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
