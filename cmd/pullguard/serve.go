@@ -64,13 +64,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	srv, err := proxy.New(proxy.Options{
 		Upstream:        cfg.Server.UpstreamPath(),
 		MaxMessageBytes: cfg.Server.MaxMessageBytes,
-		Gate:            proxy.NewEnforcer(comp.engine),
 		Logger:          log,
 	})
 	if err != nil {
 		log.Error("cannot start proxy", "error", err)
 		return 2
 	}
+	// The gate is set before Serve: no call is ever forwarded unchecked.
+	srv.SetGate(proxy.NewEnforcer(comp.engine, srv.ImageService()))
 	l, err := proxy.Listen(cfg.Server.Socket, cfg.Server.SocketFileMode(), cfg.Server.SocketGroup)
 	if err != nil {
 		log.Error("cannot listen", "socket", cfg.Server.Socket, "error", err)
@@ -95,7 +96,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	r := &reloader{
 		path:  *configPath,
 		build: func(c *config.Config) (*components, error) { return assemble(ctx, c, sh) },
-		swap:  func(c *components) { srv.SetGate(proxy.NewEnforcer(c.engine)) },
+		swap:  func(c *components) { srv.SetGate(proxy.NewEnforcer(c.engine, srv.ImageService())) },
 		log:   log, metrics: m, running: cfg,
 	}
 	r.fingerprint, _ = fingerprint(cfg, *configPath)

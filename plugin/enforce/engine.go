@@ -114,6 +114,9 @@ func (e *Engine) decide(ctx context.Context, req Request) *Decision {
 		d.Verdict = Admit
 		return d
 	}
+	if req.Op == OpCreate && f.category == RegistryUnavailable {
+		f.reason += "; the image was not verified when it was pulled on this node: with imagePullPolicy: Always the pull (and its credentials) goes through pullguard first"
+	}
 	d.deny(f.category, f.reason)
 	switch {
 	case f.category == RegistryUnavailable && m.Rule.FailOpen:

@@ -36,6 +36,8 @@ type subject struct {
 	repo  reference.Named // name without tag or digest: the signatures' scope
 	desc  ocispec.Descriptor
 	creds *registry.Credentials
+	// lazy: only desc.Digest is known (create time); complete fetches the rest.
+	lazy bool
 }
 
 // resolve pins the image to a digest once per decision, so that trust and VA
@@ -48,20 +50,42 @@ func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named)
 	if req.Credentials != nil {
 		creds = req.Credentials(reference.Domain(name))
 	}
-	ref := name
 	if req.Digest != "" {
 		// Create time: the content on the node is what must be checked,
-		// whatever the tag points at now.
-		if c, err := reference.WithDigest(reference.TrimNamed(name), digest.Digest(req.Digest)); err == nil {
-			ref = c
+		// whatever the tag points at now. Its full descriptor is fetched
+		// only if something is not already known about it.
+		d := digest.Digest(req.Digest)
+		if err := d.Validate(); err != nil {
+			return nil, &failure{SignatureValidationFailed, fmt.Sprintf("image digest %q on the node is invalid: %v", req.Digest, err)}
 		}
+		return &subject{name: name, repo: reference.TrimNamed(name), desc: ocispec.Descriptor{Digest: d}, creds: creds, lazy: true}, nil
 	}
-	desc, err := e.opts.Resolver.Resolve(ctx, ref, creds)
+	desc, err := e.opts.Resolver.Resolve(ctx, name, creds)
 	if err != nil {
 		// The registry client's error already names the reference.
 		return nil, registryFailure("", err)
 	}
 	return &subject{name: name, repo: reference.TrimNamed(name), desc: desc, creds: creds}, nil
+}
+
+// complete fetches the descriptor of a subject known only by digest.
+func (e *Engine) complete(ctx context.Context, s *subject) error {
+	if !s.lazy {
+		return nil
+	}
+	ref, err := reference.WithDigest(s.repo, s.desc.Digest)
+	if err != nil {
+		return err
+	}
+	desc, err := e.opts.Resolver.Resolve(ctx, ref, s.creds)
+	if err != nil {
+		return err
+	}
+	if desc.Digest != s.desc.Digest {
+		return fmt.Errorf("registry answered %s for %s: %w", desc.Digest, ref, registry.ErrIntegrity)
+	}
+	s.desc, s.lazy = desc, false
+	return nil
 }
 
 // checkTrust returns why the image's signatures do not satisfy the rule.
@@ -70,6 +94,9 @@ func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, 
 		return &failure{SignatureValidationFailed, "the rule requires signatures but no signers are configured on this node"}
 	}
 	verify := func(ctx context.Context) (*trust.Facts, error) {
+		if err := e.complete(ctx, s); err != nil {
+			return nil, err
+		}
 		return e.opts.Trust.Verify(ctx, s.repo, s.desc, s.creds)
 	}
 	var (

@@ -171,3 +171,36 @@ func TestTrustFactsAreCachedByDigestNotTag(t *testing.T) {
 		t.Fatal("moved tag admitted from cached facts of the old digest")
 	}
 }
+
+func TestCreateDecidesOnTheNodesContent(t *testing.T) {
+	b := newTrustBed(t)
+	signed := b.push(t, "app/web", "v1", b.release)
+	facts := cache.New[*trust.Facts](cache.Options{})
+	e := b.engine(t, facts, cluster(trustRule("*")))
+	image := b.srv.Host + "/app/web:v1"
+
+	// The pull verified and cached the facts: the create needs no registry.
+	if d := e.Decide(context.Background(), Request{Op: OpPull, Image: image}); d.Denied() {
+		t.Fatal(d.Message())
+	}
+	before := b.requests.Load()
+	if d := e.Decide(context.Background(), Request{Op: OpCreate, Namespace: "prod", Image: image, Digest: signed}); d.Denied() {
+		t.Fatal(d.Message())
+	}
+	if n := b.requests.Load() - before; n != 0 {
+		t.Errorf("create with cached facts made %d registry requests", n)
+	}
+
+	// The tag now names unsigned content; the node still holds the signed
+	// one, and the create is decided on what the node holds.
+	unsigned := b.push(t, "app/web", "v1")
+	if d := e.Decide(context.Background(), Request{Op: OpCreate, Namespace: "prod", Image: image, Digest: signed}); d.Denied() {
+		t.Fatalf("signed content on the node denied after the tag moved: %s", d.Message())
+	}
+	// And unsigned content on the node is denied even though never pulled
+	// through pullguard (imported by hand).
+	d := e.Decide(context.Background(), Request{Op: OpCreate, Namespace: "prod", Image: image, Digest: unsigned})
+	if !d.Denied() || d.Digest != unsigned {
+		t.Fatalf("unsigned content on the node: verdict %s digest %s", d.Verdict, d.Digest)
+	}
+}

@@ -2,6 +2,12 @@ package proxy
 
 import (
 	"context"
+	"strings"
+
+	"google.golang.org/grpc"
+
+	"github.com/distribution/reference"
+	"google.golang.org/protobuf/proto"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,15 +26,30 @@ type Decider interface {
 	Decide(ctx context.Context, req enforce.Request) *enforce.Decision
 }
 
+// ImageStatuser looks images up in the runtime; the upstream's CRI image
+// service satisfies it.
+type ImageStatuser interface {
+	ImageStatus(ctx context.Context, in *runtimeapi.ImageStatusRequest, opts ...grpc.CallOption) (*runtimeapi.ImageStatusResponse, error)
+}
+
 // Enforcer is the Gate that translates CRI requests into policy decisions
 // and decisions back into CRI errors. It is the only place where CRI types
 // meet the engine.
 type Enforcer struct {
 	decider Decider
+	images  ImageStatuser
 }
 
-// NewEnforcer returns a Gate deciding with d.
-func NewEnforcer(d Decider) *Enforcer { return &Enforcer{decider: d} }
+// NewEnforcer returns a Gate deciding with d; images maps the image IDs of
+// CreateContainer requests to their names and digests.
+func NewEnforcer(d Decider, images ImageStatuser) *Enforcer {
+	return &Enforcer{decider: d, images: images}
+}
+
+// ImageService is a CRI image client on the proxy's upstream connection.
+func (s *Server) ImageService() runtimeapi.ImageServiceClient {
+	return runtimeapi.NewImageServiceClient(s.upstream)
+}
 
 // AdmitPull decides on a PullImage request.
 func (e *Enforcer) AdmitPull(ctx context.Context, req *runtimeapi.PullImageRequest) (*PullPlan, error) {
@@ -42,14 +63,129 @@ func (e *Enforcer) AdmitPull(ctx context.Context, req *runtimeapi.PullImageReque
 	if d.Denied() {
 		return nil, denialError(d)
 	}
-	return &PullPlan{}, nil
+	return pinnedPlan(req, d), nil
 }
 
-// AdmitCreate decides on a CreateContainer request.
+// pinnedPlan makes containerd pull exactly the digest that was verified, so
+// a tag moved after verification cannot swap the content, and keeps the tag
+// kubelet asked for pointing at it.
+func pinnedPlan(req *runtimeapi.PullImageRequest, d *enforce.Decision) *PullPlan {
+	if d.PinnedRef == "" {
+		return nil // nothing was resolved: forward as asked
+	}
+	named, err := reference.ParseNormalizedNamed(d.Image)
+	if err != nil {
+		return nil
+	}
+	if _, hasDigest := named.(reference.Digested); hasDigest {
+		// Already pinned by the client (repo@digest or repo:tag@digest).
+		return nil
+	}
+	fwd := proto.Clone(req).(*runtimeapi.PullImageRequest)
+	fwd.Image.Image = d.PinnedRef
+	return &PullPlan{Forward: fwd, TagAs: named.String()}
+}
+
+// AdmitCreate decides on a CreateContainer request: the container's image
+// and every image volume, by the content on the node. This closes the bypass
+// of an image pulled for a permissive namespace, or loaded by hand, being
+// started in a stricter one without a pull.
 func (e *Enforcer) AdmitCreate(ctx context.Context, req *runtimeapi.CreateContainerRequest) error {
-	// Create-time enforcement (closing the cached-image bypass) is a separate
-	// capability; until it lands containers start as containerd decides.
+	ns := sandboxNamespace(req.GetSandboxConfig())
+	specs := []*runtimeapi.ImageSpec{req.GetConfig().GetImage()}
+	for _, m := range req.GetConfig().GetMounts() {
+		if m.GetImage().GetImage() != "" {
+			specs = append(specs, m.GetImage())
+		}
+	}
+	for _, spec := range specs {
+		if err := e.admitImage(ctx, ns, spec); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+func (e *Enforcer) admitImage(ctx context.Context, ns string, spec *runtimeapi.ImageSpec) error {
+	ref := spec.GetImage()
+	if ref == "" {
+		return nil // containerd refuses it with its own message
+	}
+	if e.images == nil {
+		return status.Error(codes.Unknown, "SignatureValidationFailed: pullguard cannot look up image "+ref+" to check it")
+	}
+	st, err := e.images.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	if err != nil {
+		return status.Errorf(status.Code(err), "pullguard: look up image %s: %s", ref, status.Convert(err).Message())
+	}
+	img := st.GetImage()
+	if img == nil {
+		return nil // not on the node: containerd fails the create itself
+	}
+	names := createNames(spec, img)
+	if len(names) == 0 {
+		return status.Errorf(codes.Unknown, "SignatureValidationFailed: pullguard denied image %s for namespace %q: it has no name a policy can match", ref, ns)
+	}
+	// An image known under several names is admitted only if every name is:
+	// which one the pod meant is unknown, and any could be the strict one.
+	for _, n := range names {
+		d := e.decider.Decide(ctx, enforce.Request{Op: enforce.OpCreate, Namespace: ns, Image: n.name, Digest: n.digest})
+		if d.Denied() {
+			return denialError(d)
+		}
+	}
+	return nil
+}
+
+type nameDigest struct{ name, digest string }
+
+// createNames returns the names to decide on and the digest the node holds
+// for each. The pod's own string (user_specified_image) is preferred; an
+// image ID with no such string is decided under every name it has.
+func createNames(spec *runtimeapi.ImageSpec, img *runtimeapi.Image) []nameDigest {
+	digests := map[string]string{} // repository -> manifest digest on the node
+	for _, rd := range img.GetRepoDigests() {
+		if n, err := reference.ParseNormalizedNamed(rd); err == nil {
+			if c, ok := n.(reference.Canonical); ok {
+				digests[reference.TrimNamed(c).String()] = c.Digest().String()
+			}
+		}
+	}
+	pick := func(s string) (nameDigest, bool) {
+		n, err := reference.ParseNormalizedNamed(s)
+		if err != nil {
+			return nameDigest{}, false
+		}
+		nd := nameDigest{name: s, digest: digests[reference.TrimNamed(n).String()]}
+		if c, ok := n.(reference.Canonical); ok {
+			nd.digest = c.Digest().String()
+		}
+		return nd, true
+	}
+	var candidates []string
+	switch {
+	case spec.GetUserSpecifiedImage() != "":
+		candidates = []string{spec.GetUserSpecifiedImage()}
+	case !isImageID(spec.GetImage()):
+		candidates = []string{spec.GetImage()}
+	default:
+		candidates = append(candidates, img.GetRepoTags()...)
+		if len(candidates) == 0 {
+			candidates = img.GetRepoDigests()
+		}
+	}
+	var out []nameDigest
+	for _, c := range candidates {
+		if nd, ok := pick(c); ok {
+			out = append(out, nd)
+		}
+	}
+	return out
+}
+
+func isImageID(s string) bool {
+	hex, ok := strings.CutPrefix(s, "sha256:")
+	return ok && len(hex) == 64
 }
 
 // sandboxNamespace returns the pod's namespace, "" when the request has no
