@@ -266,7 +266,8 @@ func isLoopback(host string) bool {
 //
 // Deviation from containerd, on purpose: containerd probes https first and
 // falls back to http for loopback hosts with a port; pullguard goes straight
-// to http for those (nothing but the local machine is involved).
+// to http for those (nothing but the local machine is involved), unless the
+// host is listed in InsecureSkipVerify or hosts.toml names an https server.
 func (c *Client) Endpoints(host string) ([]Endpoint, error) {
 	var endpoints []Endpoint
 	if c.opts.HostsDir != "" {
@@ -305,7 +306,7 @@ func (c *Client) Endpoints(host string) ([]Endpoint, error) {
 		switch {
 		case host == "docker.io":
 			last.Host = dockerHubHost
-		case isLoopback(host):
+		case isLoopback(host) && !slices.Contains(c.opts.InsecureSkipVerify, host):
 			if _, port, _ := net.SplitHostPort(host); port != "" && port != "443" {
 				last.Scheme = "http"
 			}

@@ -368,3 +368,62 @@ func TestCredentialsAskedPerEndpointHost(t *testing.T) {
 		})
 	}
 }
+
+func TestTLSRegistries(t *testing.T) {
+	srv := registrytest.Start(t, registrytest.Config{TLS: true})
+	img := registrytest.PushImage(t, srv.Repo(t, "app"), "v1")
+	caFile := filepath.Join(t.TempDir(), "registry-ca.pem")
+	if err := os.WriteFile(caFile, srv.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// hostsDir writes <root>/<host_port_>/hosts.toml (and the CA beside it).
+	hostsDir := func(t *testing.T, body string) string {
+		root := t.TempDir()
+		h, port, _ := strings.Cut(srv.Host, ":")
+		dir := filepath.Join(root, h+"_"+port+"_")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "ca.pem"), srv.CertPEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return root
+	}
+	server := fmt.Sprintf("server = %q\n", "https://"+srv.Host)
+	tests := []struct {
+		name    string
+		opts    func(t *testing.T) registry.Options
+		wantErr error
+	}{
+		{"https server, CA not trusted", func(t *testing.T) registry.Options {
+			return registry.Options{HostsDir: hostsDir(t, server)}
+		}, registry.ErrUnavailable},
+		{"https server, CA from options", func(t *testing.T) registry.Options {
+			return registry.Options{HostsDir: hostsDir(t, server), CAFiles: []string{caFile}}
+		}, nil},
+		{"hosts.toml ca (relative path)", func(t *testing.T) registry.Options {
+			return registry.Options{HostsDir: hostsDir(t, server+"ca = \"ca.pem\"\n")}
+		}, nil},
+		{"hosts.toml skip_verify", func(t *testing.T) registry.Options {
+			return registry.Options{HostsDir: hostsDir(t, server+"skip_verify = true\n")}
+		}, nil},
+		{"insecure_skip_verify option", func(t *testing.T) registry.Options {
+			return registry.Options{InsecureSkipVerify: []string{srv.Host}}
+		}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newClient(t, tt.opts(t))
+			got, err := c.Resolve(context.Background(), named(t, srv.Host+"/app:v1"), nil)
+			if tt.wantErr == nil && (err != nil || got.Digest != img.Digest) || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Fatalf("resolve = %v, %v; want %v", got.Digest, err, tt.wantErr)
+			}
+		})
+	}
+	if _, err := registry.New(registry.Options{CAFiles: []string{"/nonexistent/ca.pem"}}); err == nil || !strings.Contains(err.Error(), "/nonexistent/ca.pem") {
+		t.Fatalf("missing CA file: err = %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"log"
 	"net/http"
@@ -34,6 +35,9 @@ type Config struct {
 	Username, Password string
 	// Wrap, when set, wraps the registry handler (to inject faults).
 	Wrap func(http.Handler) http.Handler
+	// TLS serves https with httptest's self-signed certificate (for
+	// 127.0.0.1); Server.CertPEM is the certificate to trust.
+	TLS bool
 }
 
 // Server is a running registry on 127.0.0.1.
@@ -44,7 +48,10 @@ type Server struct {
 	srv  *httptest.Server
 	// rawHost serves the same storage without Config.Wrap, so tests push
 	// content undisturbed by the faults they inject.
-	rawHost string
+	rawHost   string
+	rawClient *http.Client
+	// CertPEM is the server certificate when Config.TLS is set.
+	CertPEM []byte
 }
 
 // Close stops the registry (before the test ends, e.g. to make it unreachable).
@@ -57,15 +64,27 @@ func Start(t testing.TB, cfg Config) *Server {
 	if cfg.Username != "" {
 		h = basicAuth(h, cfg.Username, cfg.Password)
 	}
-	raw := httptest.NewServer(h)
-	t.Cleanup(raw.Close)
+	start := func(h http.Handler) *httptest.Server {
+		s := httptest.NewUnstartedServer(h)
+		if cfg.TLS {
+			s.StartTLS()
+		} else {
+			s.Start()
+		}
+		t.Cleanup(s.Close)
+		return s
+	}
+	raw := start(h)
 	srv := raw
 	if cfg.Wrap != nil {
-		srv = httptest.NewServer(cfg.Wrap(h))
-		t.Cleanup(srv.Close)
+		srv = start(cfg.Wrap(h))
 	}
-	return &Server{Host: strings.TrimPrefix(srv.URL, "http://"), URL: srv.URL, cfg: cfg, srv: srv,
-		rawHost: strings.TrimPrefix(raw.URL, "http://")}
+	host := func(u string) string { return strings.TrimPrefix(strings.TrimPrefix(u, "http://"), "https://") }
+	out := &Server{Host: host(srv.URL), URL: srv.URL, cfg: cfg, srv: srv, rawHost: host(raw.URL), rawClient: raw.Client()}
+	if cfg.TLS {
+		out.CertPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	}
+	return out
 }
 
 func basicAuth(next http.Handler, user, pass string) http.Handler {
@@ -92,9 +111,9 @@ func (s *Server) Repo(t testing.TB, name string) *remote.Repository {
 	if err != nil {
 		t.Fatal(err)
 	}
-	repo.PlainHTTP = true
+	repo.PlainHTTP = !s.cfg.TLS
 	cred := auth.Credential{Username: s.cfg.Username, Password: s.cfg.Password}
-	repo.Client = &auth.Client{Client: http.DefaultClient, Cache: auth.NewCache(), Credential: auth.StaticCredential(s.rawHost, cred)}
+	repo.Client = &auth.Client{Client: s.rawClient, Cache: auth.NewCache(), Credential: auth.StaticCredential(s.rawHost, cred)}
 	if s.cfg.Referrers {
 		if err := repo.SetReferrersCapability(true); err != nil {
 			t.Fatal(err)
