@@ -427,3 +427,24 @@ func TestTLSRegistries(t *testing.T) {
 		t.Fatalf("missing CA file: err = %v", err)
 	}
 }
+
+// A registry that answers the referrers API with 400 (as some do instead of
+// 404) still has its tag schema referrers found.
+func TestReferrersAPIBadRequestFallsBackToTagSchema(t *testing.T) {
+	srv := registrytest.Start(t, registrytest.Config{Wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/referrers/") {
+				http.Error(w, `{"errors":[{"code":"UNSUPPORTED","message":"no"}]}`, http.StatusBadRequest)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	repo := srv.Repo(t, "app")
+	img := registrytest.PushImage(t, repo, "v1")
+	sig := registrytest.PushArtifact(t, repo, img, sigType, "application/jose+json", []byte(`{}`), nil)
+	got, err := newClient(t, registry.Options{}).Referrers(context.Background(), named(t, srv.Host+"/app"), img, sigType, nil)
+	if err != nil || len(got) != 1 || got[0].Digest != sig.Digest {
+		t.Fatalf("referrers = %v, %v; want [%s]", got, err, sig.Digest)
+	}
+}

@@ -296,7 +296,19 @@ func (r *Repository) Referrers(ctx context.Context, subject ocispec.Descriptor, 
 		clear(seen)
 		err := rr.Referrers(ctx, subject, artifactType, add)
 		if err != nil && !errors.Is(err, errEnoughReferrers) {
-			return err
+			c := classify(err)
+			if errors.Is(c, ErrUnavailable) || errors.Is(c, ErrUnauthorized) {
+				return err
+			}
+			// Some registries answer the referrers API with 400/405 instead
+			// of 404; the tag schema may still hold the referrers.
+			r.c.log.DebugContext(ctx, "referrers API failed, trying the tag schema", "repository", r.name.Name(), "error", err)
+			out, truncated = out[:0], false
+			clear(seen)
+			if tagErr := referrersByTag(ctx, rr, subject, r.c.opts.MaxManifestBytes, add); tagErr != nil {
+				return err
+			}
+			return nil
 		}
 		if len(out) > 0 {
 			return nil

@@ -394,3 +394,41 @@ func TestVerifyRevocationModes(t *testing.T) {
 		})
 	}
 }
+
+// One Verifier serves concurrent decisions (run with -race).
+func TestVerifyConcurrent(t *testing.T) {
+	p := newPKI(t, trust.RevocationPermissive)
+	srv := registrytest.Start(t, registrytest.Config{Referrers: true})
+	repo := srv.Repo(t, "app")
+	var imgs []ocispec.Descriptor
+	for i := range 4 {
+		img := registrytest.PushImage(t, repo, fmt.Sprintf("c%d", i))
+		leaf := p.release.Leaf(t, releaseSubject)
+		if i%2 == 1 {
+			leaf = p.rogue.Leaf(t, releaseSubject)
+		}
+		trusttest.Sign(t, repo, img, leaf, trusttest.JWS)
+		imgs = append(imgs, img)
+	}
+	v := newVerifier(t, p.signers, registry.Options{}, 0)
+	errs := make(chan error, 16)
+	for i := range 16 {
+		go func() {
+			img := imgs[i%len(imgs)]
+			facts, err := v.Verify(context.Background(), repoName(t, srv.Host, "app"), img, nil)
+			switch {
+			case err != nil:
+				errs <- err
+			case facts.Verified("release") != (i%2 == 0):
+				errs <- fmt.Errorf("image %d: verified=%v", i%len(imgs), facts.Verified("release"))
+			default:
+				errs <- nil
+			}
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
