@@ -12,6 +12,7 @@ import (
 	"github.com/pullguard/pullguard/plugin/policy"
 	"github.com/pullguard/pullguard/plugin/registry"
 	"github.com/pullguard/pullguard/plugin/trust"
+	"github.com/pullguard/pullguard/plugin/va"
 )
 
 // components are what one config builds. A reload builds a whole new set
@@ -25,11 +26,11 @@ type components struct {
 type shared struct {
 	log   *slog.Logger
 	obs   enforce.Observer
-	facts *cache.Cache[*trust.Facts]
+	facts *cache.Cache[*enforce.Facts]
 }
 
-func newFactsCache(cfg *config.Config) *cache.Cache[*trust.Facts] {
-	return cache.New[*trust.Facts](cache.Options{Size: cfg.Cache.Size, TTL: cfg.Cache.TTL.Duration})
+func newFactsCache(cfg *config.Config) *cache.Cache[*enforce.Facts] {
+	return cache.New[*enforce.Facts](cache.Options{Size: cfg.Cache.Size, TTL: cfg.Cache.TTL.Duration})
 }
 
 // assemble builds the decision engine from a validated config.
@@ -56,10 +57,20 @@ func assemble(_ context.Context, cfg *config.Config, sh shared) (*components, er
 		return nil, fmt.Errorf("registry settings: %w", err)
 	}
 	opts := enforce.Options{
-		Logger:   sh.log,
-		Timeout:  cfg.Decision.Timeout.Duration,
-		Observer: sh.obs,
-		Resolver: reg,
+		Logger:       sh.log,
+		Timeout:      cfg.Decision.Timeout.Duration,
+		Observer:     sh.obs,
+		Resolver:     reg,
+		Repositories: reg,
+		VADefaults: enforce.VADefaults{
+			MaxSeverity:         cfg.VA.MaxSeverity,
+			IgnoreUnfixed:       cfg.VA.IgnoreUnfixed,
+			Unscanned:           cfg.VA.Unscanned,
+			MaxReportAge:        cfg.VA.MaxReportAge.Duration,
+			RequireSignedReport: cfg.VA.RequireSignedReport,
+			UnknownSeverity:     cfg.VA.UnknownSeverity,
+			Allow:               cfg.VA.Exemptions(),
+		},
 	}
 	if sh.facts != nil {
 		opts.Facts = sh.facts
@@ -76,6 +87,23 @@ func assemble(_ context.Context, cfg *config.Config, sh shared) (*components, er
 		}
 		opts.Trust = v
 	}
+
+	reportOpts := va.ReferrersOptions{MaxReportBytes: cfg.VA.MaxReportBytes, Log: sh.log}
+	scannerSigners, err := loadSigners(cfg, func(name string) bool { return slices.Contains(cfg.VA.ScannerSigners, name) })
+	if err != nil {
+		return nil, err
+	}
+	if len(scannerSigners) > 0 {
+		sv, err := trust.NewVerifier(trust.Options{Signers: scannerSigners, Registry: reg, MaxSignatures: cfg.Registry.MaxSignatures, Logger: sh.log})
+		if err != nil {
+			return nil, fmt.Errorf("scan report verifier: %w", err)
+		}
+		reportOpts.Verifier = enforce.ReportVerifier{Verifier: sv}
+		opts.VADefaults.ScannerMaterialHash = sv.TrustMaterialHash()
+	}
+	// Without scanner signers a report that must be signed cannot be: the
+	// source then denies rather than skips the check.
+	opts.Reports = va.NewReferrersSource(reportOpts)
 	return &components{engine: enforce.New(set, opts)}, nil
 }
 

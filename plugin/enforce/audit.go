@@ -38,6 +38,9 @@ func (e *Engine) audit(ctx context.Context, d *Decision) {
 	if d.Category != "" {
 		attrs = append(attrs, slog.String("category", string(d.Category)))
 	}
+	if d.VA != nil {
+		attrs = append(attrs, slog.Any("va", *d.VA))
+	}
 	if d.PinnedRef != "" {
 		attrs = append(attrs, slog.String("pinned", d.PinnedRef))
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pullguard/pullguard/plugin/registry"
+	"github.com/pullguard/pullguard/plugin/va"
 )
 
 // Verdict is the outcome of a decision.
@@ -80,7 +81,10 @@ type Decision struct {
 	PolicyHash string
 	Reason     string
 	Details    []string // per-signature / per-finding explanation lines for `check`
-	Latency    time.Duration
+	// VA is the vulnerability assessment result, when one was made; the
+	// audit line carries its full counts.
+	VA      *va.Result
+	Latency time.Duration
 }
 
 // Denied reports whether the caller must refuse the request.

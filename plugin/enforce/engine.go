@@ -28,8 +28,15 @@ type Options struct {
 	Resolver Resolver
 	// Trust verifies signatures; nil means no signers are configured.
 	Trust TrustVerifier
-	// Facts caches trust facts by content; nil verifies every time.
+	// Facts caches trust facts and scan reports by content; nil verifies
+	// every time.
 	Facts FactsCache
+
+	// Reports finds scan reports; Repositories opens the image's repository
+	// for it. Either nil means rules with va deny.
+	Reports      ReportSource
+	Repositories RepositoryOpener
+	VADefaults   VADefaults
 }
 
 // Observer is told of every decision, after it is made.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pullguard/pullguard/plugin/registry"
 	"github.com/pullguard/pullguard/plugin/trust"
+	"github.com/pullguard/pullguard/plugin/va"
 )
 
 // Resolver turns an image reference into the descriptor of its manifest.
@@ -24,10 +25,19 @@ type TrustVerifier interface {
 	TrustMaterialHash() string
 }
 
-// FactsCache keeps verification facts by content. A nil cache verifies
-// every time.
+// Facts is what was established about one image digest: which signers
+// signed it, or which scan report vouches for it. Policy-independent, so a
+// decision is policy × facts and a policy change applies at once.
+type Facts struct {
+	Trust  *trust.Facts `json:"trust,omitempty"`
+	Report *va.Attested `json:"report,omitempty"`
+}
+
+// FactsCache keeps facts by content (digest and trust material, never a
+// tag) and coalesces identical verifications in flight. A nil cache
+// verifies every time.
 type FactsCache interface {
-	Do(ctx context.Context, key string, fn func(ctx context.Context) (*trust.Facts, error)) (*trust.Facts, bool, error)
+	Do(ctx context.Context, key string, fn func(ctx context.Context) (*Facts, error)) (*Facts, bool, error)
 }
 
 // subject is the resolved image every check looks at.
@@ -93,27 +103,35 @@ func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, 
 	if e.opts.Trust == nil {
 		return &failure{SignatureValidationFailed, "the rule requires signatures but no signers are configured on this node"}
 	}
-	verify := func(ctx context.Context) (*trust.Facts, error) {
+	verify := func(ctx context.Context) (*Facts, error) {
 		if err := e.complete(ctx, s); err != nil {
 			return nil, err
 		}
-		return e.opts.Trust.Verify(ctx, s.repo, s.desc, s.creds)
+		f, err := e.opts.Trust.Verify(ctx, s.repo, s.desc, s.creds)
+		if err != nil {
+			return nil, err
+		}
+		return &Facts{Trust: f}, nil
 	}
 	var (
-		facts *trust.Facts
-		err   error
+		got *Facts
+		err error
 	)
 	if e.opts.Facts != nil {
 		// Signatures live in a repository, so the repository is part of the
 		// key along with the content and the trust material.
 		key := "trust\x00" + s.repo.String() + "\x00" + s.desc.Digest.String() + "\x00" + e.opts.Trust.TrustMaterialHash()
-		facts, _, err = e.opts.Facts.Do(ctx, key, verify)
+		got, _, err = e.opts.Facts.Do(ctx, key, verify)
 	} else {
-		facts, err = verify(ctx)
+		got, err = verify(ctx)
+	}
+	if err == nil && got.Trust == nil {
+		err = errors.New("cached facts hold no signature facts")
 	}
 	if err != nil {
 		return registryFailure(fmt.Sprintf("verify signatures of %s@%s", s.repo, s.desc.Digest), err)
 	}
+	facts := got.Trust
 	d.Details = append(d.Details, facts.Explain()...)
 	if unmet := facts.Unmet(required); unmet != "" {
 		return &failure{SignatureValidationFailed, unmet}

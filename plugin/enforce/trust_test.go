@@ -149,7 +149,7 @@ func TestTrustRegistryDownFailsClosedOrOpenAsConfigured(t *testing.T) {
 func TestTrustFactsAreCachedByDigestNotTag(t *testing.T) {
 	b := newTrustBed(t)
 	b.push(t, "app/signed", "v1", b.release)
-	facts := cache.New[*trust.Facts](cache.Options{})
+	facts := cache.New[*Facts](cache.Options{})
 	e := b.engine(t, facts, cluster(trustRule("*")))
 	image := b.srv.Host + "/app/signed:v1"
 
@@ -175,7 +175,7 @@ func TestTrustFactsAreCachedByDigestNotTag(t *testing.T) {
 func TestCreateDecidesOnTheNodesContent(t *testing.T) {
 	b := newTrustBed(t)
 	signed := b.push(t, "app/web", "v1", b.release)
-	facts := cache.New[*trust.Facts](cache.Options{})
+	facts := cache.New[*Facts](cache.Options{})
 	e := b.engine(t, facts, cluster(trustRule("*")))
 	image := b.srv.Host + "/app/web:v1"
 
