@@ -5,9 +5,13 @@ import (
 	"crypto/x509/pkix"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/distribution/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/pullguard/pullguard/plugin/cache"
 	"github.com/pullguard/pullguard/plugin/policy"
@@ -29,7 +33,7 @@ type trustBed struct {
 	verifier *trust.Verifier
 }
 
-func newTrustBed(t *testing.T) *trustBed {
+func newTrustBed(t testing.TB) *trustBed {
 	t.Helper()
 	b := &trustBed{
 		release: trusttest.NewCA(t, "release root"),
@@ -61,7 +65,7 @@ func newTrustBed(t *testing.T) *trustBed {
 }
 
 // push pushes an image to repo:tag signed by the given CAs' leaves.
-func (b *trustBed) push(t *testing.T, repo, tag string, signers ...*trusttest.CA) string {
+func (b *trustBed) push(t testing.TB, repo, tag string, signers ...*trusttest.CA) string {
 	t.Helper()
 	r := b.srv.Repo(t, repo)
 	desc := registrytest.PushImage(t, r, tag)
@@ -203,4 +207,103 @@ func TestCreateDecidesOnTheNodesContent(t *testing.T) {
 	if !d.Denied() || d.Digest != unsigned {
 		t.Fatalf("unsigned content on the node: verdict %s digest %s", d.Verdict, d.Digest)
 	}
+}
+
+func TestConcurrentIdenticalPullsVerifyOnce(t *testing.T) {
+	b := newTrustBed(t)
+	var listings atomic.Int64
+	b.push(t, "app/hot", "v1", b.release)
+	facts := cache.New[*Facts](cache.Options{})
+	counting := &countingVerifier{TrustVerifier: b.verifier, n: &listings}
+	e := New(mustSet(t, cluster(trustRule("*"))), Options{Resolver: b.reg, Trust: counting, Facts: facts, Timeout: 10 * time.Second})
+
+	const n = 100
+	var wg sync.WaitGroup
+	denied := atomic.Int64{}
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if d := e.Decide(context.Background(), Request{Op: OpPull, Namespace: "prod", Image: b.srv.Host + "/app/hot:v1"}); d.Denied() {
+				denied.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if denied.Load() != 0 {
+		t.Fatalf("%d of %d concurrent pulls denied", denied.Load(), n)
+	}
+	if got := listings.Load(); got != 1 {
+		t.Fatalf("%d verifications for %d identical concurrent pulls, want 1", got, n)
+	}
+}
+
+// countingVerifier counts real verifications (it sits below the cache).
+type countingVerifier struct {
+	TrustVerifier
+	n *atomic.Int64
+}
+
+func (c *countingVerifier) Verify(ctx context.Context, ref reference.Named, desc ocispec.Descriptor, creds *registry.Credentials) (*trust.Facts, error) {
+	c.n.Add(1)
+	return c.TrustVerifier.Verify(ctx, ref, desc, creds)
+}
+
+// BenchmarkDecidePullCached is the cost pullguard adds to a pull whose
+// signatures were verified before: policy match, tag resolution on a
+// loopback registry (never cached: tags move), cached facts.
+func BenchmarkDecidePullCached(b *testing.B) {
+	tb := newTrustBed(b)
+	tb.push(b, "app/signed", "v1", tb.release)
+	e := New(mustSetB(b, cluster(trustRule("*"))), Options{Resolver: tb.reg, Trust: tb.verifier, Facts: cache.New[*Facts](cache.Options{})})
+	req := Request{Op: OpPull, Namespace: "prod", Image: tb.srv.Host + "/app/signed:v1"}
+	if d := e.Decide(context.Background(), req); d.Denied() {
+		b.Fatal(d.Message())
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if d := e.Decide(context.Background(), req); d.Denied() {
+			b.Fatal(d.Message())
+		}
+	}
+}
+
+// BenchmarkDecideCreateCached is the engine's share of a CreateContainer
+// for an image verified at pull time: no network at all.
+func BenchmarkDecideCreateCached(b *testing.B) {
+	tb := newTrustBed(b)
+	dg := tb.push(b, "app/signed", "v1", tb.release)
+	e := New(mustSetB(b, cluster(trustRule("*"))), Options{Resolver: tb.reg, Trust: tb.verifier, Facts: cache.New[*Facts](cache.Options{})})
+	image := tb.srv.Host + "/app/signed:v1"
+	if d := e.Decide(context.Background(), Request{Op: OpPull, Image: image}); d.Denied() {
+		b.Fatal(d.Message())
+	}
+	req := Request{Op: OpCreate, Namespace: "prod", Image: image, Digest: dg}
+	b.ResetTimer()
+	for b.Loop() {
+		if d := e.Decide(context.Background(), req); d.Denied() {
+			b.Fatal(d.Message())
+		}
+	}
+}
+
+// BenchmarkDecidePullCold verifies one signature every time (no cache).
+func BenchmarkDecidePullCold(b *testing.B) {
+	tb := newTrustBed(b)
+	tb.push(b, "app/signed", "v1", tb.release)
+	e := New(mustSetB(b, cluster(trustRule("*"))), Options{Resolver: tb.reg, Trust: tb.verifier})
+	req := Request{Op: OpPull, Namespace: "prod", Image: tb.srv.Host + "/app/signed:v1"}
+	for b.Loop() {
+		if d := e.Decide(context.Background(), req); d.Denied() {
+			b.Fatal(d.Message())
+		}
+	}
+}
+
+func mustSetB(b *testing.B, pols ...policy.Policy) *policy.Set {
+	s, err := policy.NewSet(pols, policy.ModeEnforce)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
 }
