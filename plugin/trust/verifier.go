@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/distribution/reference"
@@ -157,21 +158,40 @@ func (v *Verifier) VerifyFrom(ctx context.Context, src SignatureSource, ref refe
 		v.log.WarnContext(ctx, "more signatures than examined", "image", scope+"@"+desc.Digest.String(), "found", len(sigs), "max_signatures", v.maxSignatures)
 		sigs = sigs[:v.maxSignatures]
 	}
-	verifiers, err := v.perDecisionVerifiers(scope)
-	if err != nil {
-		return nil, fmt.Errorf("verify %s@%s: %w", scope, desc.Digest, err)
+	// Signatures are examined concurrently (a few at a time) so that an
+	// image with several signatures costs about one signature's round trips.
+	results := make([]SignatureResult, len(sigs))
+	errs := make([]error, len(sigs))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, examineParallelism)
+	var wg sync.WaitGroup
+	for i, sig := range sigs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			res, err := v.examine(ctx, src, scope, desc, sig)
+			if err != nil {
+				errs[i] = fmt.Errorf("verify %s@%s: signature %s: %w", scope, desc.Digest, sig.Digest, err)
+				cancel() // the decision cannot be made; stop the others
+				return
+			}
+			results[i] = res
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, firstError(errs)
 	}
 	verified := map[string]bool{}
-	for _, sig := range sigs {
-		res, err := v.examine(ctx, src, scope, desc, sig, verifiers)
-		if err != nil {
-			return nil, fmt.Errorf("verify %s@%s: signature %s: %w", scope, desc.Digest, sig.Digest, err)
-		}
+	for _, res := range results {
 		for _, s := range res.Signers {
 			verified[s] = true
 		}
-		facts.Signatures = append(facts.Signatures, res)
 	}
+	facts.Signatures = results
 	for name := range verified {
 		facts.VerifiedSigners = append(facts.VerifiedSigners, name)
 	}
@@ -180,16 +200,17 @@ func (v *Verifier) VerifyFrom(ctx context.Context, src SignatureSource, ref refe
 	return facts, nil
 }
 
-// signerVerifier is one signer's notation verifier for one decision: a
-// single-statement trust policy scoped to exactly the image's repository,
-// so an outcome tells which signer verified.
+// signerVerifier is one signer's notation verifier for one signature of one
+// decision: a single-statement trust policy scoped to exactly the image's
+// repository, so an outcome tells which signer verified. (Built per
+// signature because it collects that signature's revocation warnings.)
 type signerVerifier struct {
 	signer   *LoadedSigner
 	nv       notation.Verifier
 	warnings *[]string
 }
 
-func (v *Verifier) perDecisionVerifiers(scope string) ([]signerVerifier, error) {
+func (v *Verifier) perSignatureVerifiers(scope string) ([]signerVerifier, error) {
 	out := make([]signerVerifier, 0, len(v.signers))
 	for _, s := range v.signers {
 		doc, err := s.policy(scope)
@@ -209,10 +230,31 @@ func (v *Verifier) perDecisionVerifiers(scope string) ([]signerVerifier, error) 
 	return out, nil
 }
 
+// examineParallelism bounds the signatures of one image examined at once.
+const examineParallelism = 4
+
+// firstError returns the first non-nil error that is not merely the
+// cancellation caused by another signature's failure.
+func firstError(errs []error) error {
+	var first error
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		if first == nil {
+			first = err
+		}
+		if !errors.Is(err, context.Canceled) {
+			return err
+		}
+	}
+	return first
+}
+
 // examine fetches one signature and verifies it for every signer. Only an
 // unreachable registry is an error; anything wrong with the signature is
 // its rejection reason.
-func (v *Verifier) examine(ctx context.Context, src SignatureSource, scope string, subject, sigDesc ocispec.Descriptor, verifiers []signerVerifier) (SignatureResult, error) {
+func (v *Verifier) examine(ctx context.Context, src SignatureSource, scope string, subject, sigDesc ocispec.Descriptor) (SignatureResult, error) {
 	res := SignatureResult{Digest: sigDesc.Digest}
 	reject := func(reason string, err error) (SignatureResult, error) {
 		if errors.Is(err, registry.ErrUnavailable) {
@@ -245,12 +287,15 @@ func (v *Verifier) examine(ctx context.Context, src SignatureSource, scope strin
 		return reject(fetchReason(err), err)
 	}
 	describeSigner(&res, env.MediaType, blob)
+	verifiers, err := v.perSignatureVerifiers(scope)
+	if err != nil {
+		return res, err
+	}
 
 	best, bestStage := "", -1
 	var bestErr string
 	artifactRef := scope + "@" + subject.Digest.String()
 	for _, sv := range verifiers {
-		*sv.warnings = (*sv.warnings)[:0]
 		outcome, verr := sv.nv.Verify(ctx, subject, blob, notation.VerifierVerifyOptions{ArtifactReference: artifactRef, SignatureMediaType: env.MediaType})
 		if verr == nil {
 			res.Signers = append(res.Signers, sv.signer.Name)

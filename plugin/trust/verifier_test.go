@@ -310,31 +310,41 @@ func TestVerifyPrivateRegistry(t *testing.T) {
 }
 
 func TestVerifyRegistryUnavailable(t *testing.T) {
-	p := newPKI(t, trust.RevocationSkip)
-	srv := registrytest.Start(t, registrytest.Config{Wrap: func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.Contains(r.URL.Path, "/manifests/") || strings.Contains(r.URL.Path, "/referrers/") {
-				<-r.Context().Done() // hang like an overloaded registry
-				return
+	for _, tc := range []struct{ name, hangOn string }{
+		{"listing signatures hangs", "/referrers/"},
+		{"fetching signature envelopes hangs", "/blobs/"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPKI(t, trust.RevocationSkip)
+			srv := registrytest.Start(t, registrytest.Config{Referrers: true, Wrap: func(h http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if strings.Contains(r.URL.Path, tc.hangOn) {
+						<-r.Context().Done() // hang like an overloaded registry
+						return
+					}
+					h.ServeHTTP(w, r)
+				})
+			}})
+			repo := srv.Repo(t, "app")
+			img := registrytest.PushImage(t, repo, "v1")
+			for range 3 {
+				trusttest.Sign(t, repo, img, p.release.Leaf(t, releaseSubject), trusttest.JWS)
 			}
-			h.ServeHTTP(w, r)
+			v := newVerifier(t, p.signers, registry.Options{Timeout: 200 * time.Millisecond}, 0)
+			done := make(chan error, 1)
+			go func() {
+				_, err := v.Verify(context.Background(), repoName(t, srv.Host, "app"), img, nil)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, registry.ErrUnavailable) {
+					t.Fatalf("got %v, want ErrUnavailable", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("verify did not give up although every registry call is bounded by 200ms")
+			}
 		})
-	}})
-	repo := srv.Repo(t, "app")
-	img := registrytest.PushImage(t, repo, "v1")
-	v := newVerifier(t, p.signers, registry.Options{Timeout: 200 * time.Millisecond}, 0)
-	done := make(chan error, 1)
-	go func() {
-		_, err := v.Verify(context.Background(), repoName(t, srv.Host, "app"), img, nil)
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if !errors.Is(err, registry.ErrUnavailable) {
-			t.Fatalf("got %v, want ErrUnavailable", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("verify did not give up although every registry call is bounded by 200ms")
 	}
 }
 
