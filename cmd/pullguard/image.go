@@ -2,12 +2,49 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+
+	"github.com/pullguard/pullguard/daemonset/image"
 )
 
-// Placeholder until image building lands; the daemonset owner replaces this file.
+// runImage builds pullguard's container image from a static binary (by
+// default this very executable) and pushes it. No container engine needed.
 func runImage(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "pullguard image: not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("image", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	ref := fs.String("ref", "", "where to push, REGISTRY/REPO[:TAG] (e.g. 127.0.0.1:5000/pullguard:v1); required")
+	binary := fs.String("binary", "", "static pullguard binary to put in the image (default: this executable)")
+	cfg := fs.String("config", "daemonset/node/config.toml", "default config.toml baked into the image (\"\" for none)")
+	policies := fs.String("policies", "daemonset/policies", "default policy files baked into the image (\"\" for none)")
+	insecure := fs.Bool("insecure", false, "allow plain HTTP to a registry that is not on loopback")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *ref == "" || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, "usage: pullguard image --ref REGISTRY/REPO[:TAG] [--binary FILE] [--config FILE] [--policies DIR]")
+		return 2
+	}
+	if *binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(stderr, "pullguard image: find own binary:", err)
+			return 1
+		}
+		*binary = exe
+	}
+	img, err := image.Build(image.Spec{Binary: *binary, Config: *cfg, PoliciesDir: *policies, Version: version})
+	if err != nil {
+		fmt.Fprintln(stderr, "pullguard", err)
+		return 1
+	}
+	digest, err := image.Push(ctx, img, *ref, *insecure)
+	if err != nil {
+		fmt.Fprintln(stderr, "pullguard image:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s@%s\n", *ref, digest)
+	return 0
 }

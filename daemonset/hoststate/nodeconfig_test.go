@@ -41,8 +41,8 @@ func TestSetUpstream(t *testing.T) {
 
 func TestServerSocket(t *testing.T) {
 	for in, want := range map[string]string{
-		"":                                     DefaultSocket,
-		"[server]\nsocket = \"/run/x.sock\"\n": "/run/x.sock",
+		"":                                      DefaultSocket,
+		"[server]\nsocket = \"/run/x.sock\"\n":  "/run/x.sock",
 		"[server]\nsocket = \"unix:///a.sock\"": "/a.sock",
 	} {
 		got, err := ServerSocket([]byte(in))
