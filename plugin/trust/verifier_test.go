@@ -442,3 +442,37 @@ func TestVerifyConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A signer with a timestamping (TSA) store still accepts untimestamped
+// signatures while the certificate is valid (verifyTimestamp =
+// afterCertExpiry), and rejects an expired certificate without a timestamp.
+func TestVerifyWithTimestampStore(t *testing.T) {
+	ca, tsaRoot := trusttest.NewCA(t, "release root"), trusttest.NewCA(t, "tsa root")
+	signer, err := trust.LoadSigner(trust.Signer{Name: "release", TrustStoreDir: trusttest.WriteStore(t, ca),
+		TimestampStoreDir: trusttest.WriteStore(t, tsaRoot), Identities: []string{releaseID}, Revocation: trust.RevocationSkip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := registrytest.Start(t, registrytest.Config{Referrers: true})
+	repo := srv.Repo(t, "app")
+	now := time.Now()
+	current := registrytest.PushImage(t, repo, "current")
+	trusttest.Sign(t, repo, current, ca.Leaf(t, releaseSubject), trusttest.COSE)
+	expired := registrytest.PushImage(t, repo, "expired")
+	old := ca.Leaf(t, releaseSubject, trusttest.Validity(now.Add(-72*time.Hour), now.Add(-24*time.Hour)))
+	trusttest.PushEnvelope(t, repo, trusttest.COSE, trusttest.Envelope(t, old, trusttest.COSE, expired, now.Add(-48*time.Hour)), expired)
+
+	v := newVerifier(t, []*trust.LoadedSigner{signer}, registry.Options{}, 0)
+	for _, c := range []struct {
+		img        ocispec.Descriptor
+		wantReason string
+	}{{current, ""}, {expired, trust.ReasonCertValidity}} {
+		facts, err := v.Verify(context.Background(), repoName(t, srv.Host, "app"), c.img, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(facts.Signatures) != 1 || facts.Signatures[0].Reason != c.wantReason {
+			t.Fatalf("want reason %q:\n%s", c.wantReason, strings.Join(facts.Explain(), "\n"))
+		}
+	}
+}
