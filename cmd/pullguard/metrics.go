@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pullguard/pullguard/plugin/cache"
 	"github.com/pullguard/pullguard/plugin/enforce"
 )
 
@@ -45,6 +46,22 @@ func (m *metrics) ObserveDecision(d *enforce.Decision) {
 	}
 	m.decisions.WithLabelValues(string(d.Op), verdict, string(d.Category), d.Namespace).Inc()
 	m.latency.WithLabelValues(string(d.Op)).Observe(d.Latency.Seconds())
+}
+
+// watchCache exposes the facts cache's counters; the hit ratio is
+// hits / (hits + misses).
+func (m *metrics) watchCache(stats func() cache.Stats) {
+	counter := func(name, help string, v func(cache.Stats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v(stats())) })
+	}
+	m.registry.MustRegister(
+		counter("pullguard_facts_cache_hits_total", "Facts found in the cache.", func(s cache.Stats) uint64 { return s.Hits }),
+		counter("pullguard_facts_cache_misses_total", "Facts not in the cache (verified, or joined a verification in flight).", func(s cache.Stats) uint64 { return s.Misses }),
+		counter("pullguard_facts_cache_coalesced_total", "Verifications joined while already in flight.", func(s cache.Stats) uint64 { return s.Coalesced }),
+		counter("pullguard_facts_cache_evictions_total", "Facts evicted to respect the cache size.", func(s cache.Stats) uint64 { return s.Evictions }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pullguard_facts_cache_entries", Help: "Facts held in the cache."},
+			func() float64 { return float64(stats().Entries) }),
+	)
 }
 
 func (m *metrics) reloaded(ok bool) {

@@ -46,6 +46,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	m := newMetrics()
 	sh := shared{log: log, obs: m, facts: newFactsCache(cfg)}
+	m.watchCache(sh.facts.Stats)
 	if f := cfg.CacheFile(); f != "" {
 		// Facts from before a restart let an offline node start images it
 		// already verified; a corrupt file costs re-verification, not startup.
