@@ -7,7 +7,6 @@
 package registry
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -106,6 +106,9 @@ func appendCAFile(pool *x509.CertPool, file string) error {
 	return nil
 }
 
+// maxTransports bounds the transport cache (one per distinct TLS setting).
+const maxTransports = 64
+
 // transportFor returns a shared transport for the TLS and dial settings of
 // ep. The key hashes the referenced files' contents so a rotated CA or
 // client certificate takes effect without a restart.
@@ -147,6 +150,14 @@ func (c *Client) transportFor(ep Endpoint) (*http.Transport, error) {
 	defer c.mu.Unlock()
 	if t, ok := c.transports[key]; ok {
 		return t, nil
+	}
+	if len(c.transports) >= maxTransports {
+		// Rotated certificates leave stale entries behind; start over
+		// rather than grow without bound.
+		for _, t := range c.transports {
+			t.CloseIdleConnections()
+		}
+		clear(c.transports)
 	}
 	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: c.rootCAs}
 	if ep.SkipVerify != nil && *ep.SkipVerify {
@@ -213,8 +224,8 @@ func (t *endpointTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	}
 	req = req.Clone(req.Context())
 	if t.ep.Path != "/v2" {
-		if rest, ok := bytes.CutPrefix([]byte(req.URL.Path), []byte("/v2")); ok {
-			req.URL.Path = t.ep.Path + string(rest)
+		if rest, ok := strings.CutPrefix(req.URL.Path, "/v2"); ok {
+			req.URL.Path = t.ep.Path + rest
 			req.URL.RawPath = ""
 		}
 	}

@@ -315,8 +315,10 @@ func (c *Client) Endpoints(host string) ([]Endpoint, error) {
 			last.Scheme = "http"
 		}
 	}
+	// InsecureSkipVerify names registry hosts; it applies to any endpoint
+	// with that host (the registry itself or a mirror listed by name).
 	for i := range endpoints {
-		if slices.Contains(c.opts.InsecureSkipVerify, endpoints[i].Host) || slices.Contains(c.opts.InsecureSkipVerify, host) && endpoints[i].Host == host {
+		if slices.Contains(c.opts.InsecureSkipVerify, endpoints[i].Host) {
 			t := true
 			endpoints[i].SkipVerify = &t
 		}
