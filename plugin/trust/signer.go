@@ -1,7 +1,3 @@
-// Package trust verifies Notary Project (notation) signatures on image
-// digests against the signers configured on the node, and reports facts:
-// which signers' signatures verified, and for every signature examined why it
-// was accepted or rejected.
 package trust
 
 import (
@@ -116,6 +112,19 @@ func LoadSigner(s Signer) (*LoadedSigner, error) {
 	}
 	l.hash = materialHash(l)
 	return l, nil
+}
+
+// CheckIdentities validates trusted identities exactly as verification will
+// (notation's rules: "*" alone, or "x509.subject: <DN>" where the DN has at
+// least C, ST (or S) and O, e.g. "x509.subject: C=US, ST=WA, O=Example,
+// CN=release"), without reading any trust store. For config validation.
+func CheckIdentities(identities []string) error {
+	if len(identities) == 0 {
+		return errors.New(`no trusted identities (use ["*"] to trust every certificate chaining to the store)`)
+	}
+	l := &LoadedSigner{Signer: Signer{Name: "check", Identities: identities}}
+	_, err := l.policy("registry.invalid/validate")
+	return err
 }
 
 // LoadSigners loads every signer; names must be unique.

@@ -195,3 +195,23 @@ func FuzzParseCerts(f *testing.F) {
 		}
 	})
 }
+
+func TestCheckIdentities(t *testing.T) {
+	tests := []struct {
+		ids []string
+		ok  bool
+	}{
+		{[]string{"*"}, true},
+		{[]string{testID}, true},
+		{[]string{"x509.subject: C=US, S=WA, O=Example"}, true},
+		{[]string{"x509.subject: CN=release,O=Example"}, false}, // no C and ST
+		{[]string{"CN=release"}, false},
+		{[]string{"*", testID}, false},
+		{nil, false},
+	}
+	for _, tt := range tests {
+		if err := CheckIdentities(tt.ids); (err == nil) != tt.ok {
+			t.Errorf("CheckIdentities(%q) = %v, want ok=%v", tt.ids, err, tt.ok)
+		}
+	}
+}
