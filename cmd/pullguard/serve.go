@@ -35,6 +35,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 2
 	}
 
+	// SIGHUP is caught from the start: its default action would kill the
+	// process a node depends on.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	cfg, err := config.Load(*configPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "pullguard serve: %v\n", err)
@@ -101,9 +107,6 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		log:   log, metrics: m, running: cfg,
 	}
 	r.fingerprint, _ = fingerprint(cfg, *configPath)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	var tick <-chan time.Time
 	if *reloadEvery > 0 {
 		t := time.NewTicker(*reloadEvery)
