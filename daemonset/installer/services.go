@@ -47,7 +47,10 @@ func (s Systemd) systemctl(ctx context.Context, args ...string) error {
 	argv := s.Argv(args...)
 	out, err := run(ctx, argv[0], argv[1:]...)
 	if err != nil {
-		return fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		if msg := bytes.TrimSpace(out); len(msg) > 0 {
+			return fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, msg)
+		}
+		return fmt.Errorf("systemctl %s: %w", strings.Join(args, " "), err)
 	}
 	return nil
 }
