@@ -64,7 +64,7 @@ name = "default"
 [[signers]]
 name = "release"
 trust_store = "` + trustStore + `"
-identities = ["x509.subject: CN=test,O=Example"]
+identities = ["x509.subject: C=US, ST=WA, O=Example, CN=test"]
 `
 }
 
@@ -194,8 +194,9 @@ func TestValidate(t *testing.T) {
 		{"empty trust store", "[[signers]]\nname = \"b\"\ntrust_store = \"" + empty + "\"\nidentities = [\"*\"]\n", "holds no certificates"},
 		{"junk trust store", "[[signers]]\nname = \"b\"\ntrust_store = \"" + junk + "\"\nidentities = [\"*\"]\n", "x.pem: neither PEM certificates nor a DER certificate"},
 		{"no identities", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\n", "identities: at least one"},
-		{"star with others", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\nidentities = [\"*\", \"x509.subject: CN=a\"]\n", `"*" must be the only identity`},
-		{"bad identity", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\nidentities = [\"CN=a\"]\n", `"CN=a": want "x509.subject:`},
+		{"star with others", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\nidentities = [\"*\", \"x509.subject: CN=a\"]\n", "wildcard identity cannot be used in conjunction with other values"},
+		{"bad identity", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\nidentities = [\"CN=a\"]\n", `"CN=a" missing separator`},
+		{"identity without the RDNs notation requires", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\nidentities = [\"x509.subject: CN=a,O=Example\"]\n", "mandatory RDN attribute"},
 		{"revocation", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\nidentities = [\"*\"]\nrevocation = \"lax\"\n", `revocation "lax"`},
 		{"undefined signer in policy", "[[policies]]\nkind = \"ImagePolicy\"\nname = \"team\"\nnamespace = \"team-a\"\n[[policies.repositories]]\nname = \"quay.io/*\"\n[policies.repositories.policy.trust]\nenabled = true\nsigners = [\"qa\"]\n",
 			`ImagePolicy team-a/team (c.toml#policies[1]): repositories[0] "quay.io/*": trust signer "qa" is not defined in [[signers]]`},

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pullguard/pullguard/plugin/policy"
+	"github.com/pullguard/pullguard/plugin/trust"
 )
 
 // maxSocketPath is the longest unix socket path the kernel accepts (sun_path is 108 bytes
@@ -254,24 +255,14 @@ func checkCertDir(dir string) error {
 	return nil
 }
 
-// checkIdentities follows notation's trustedIdentities: "*" alone, or "x509.subject: <DN>".
+// checkIdentities applies notation's own rules (plugin/trust), so a config
+// that validates is one whose signers load: "*" alone, or "x509.subject: <DN>"
+// with at least C, ST and O.
 func checkIdentities(ids []string) error {
 	if len(ids) == 0 {
-		return errors.New(`at least one is required ("x509.subject: CN=…" or "*")`)
+		return errors.New(`at least one is required ("x509.subject: C=…, ST=…, O=…, CN=…" or "*")`)
 	}
-	for _, id := range ids {
-		if id == "*" {
-			if len(ids) > 1 {
-				return errors.New(`"*" must be the only identity`)
-			}
-			continue
-		}
-		dn, ok := strings.CutPrefix(id, "x509.subject:")
-		if !ok || strings.TrimSpace(dn) == "" || !strings.Contains(dn, "=") {
-			return fmt.Errorf("%q: want \"x509.subject: CN=…,O=…\" or \"*\"", id)
-		}
-	}
-	return nil
+	return trust.CheckIdentities(ids)
 }
 
 // checkHost wants a registry host as in image names: host or host:port, nothing else.
