@@ -57,11 +57,10 @@ func assemble(_ context.Context, cfg *config.Config, sh shared) (*components, er
 		return nil, fmt.Errorf("registry settings: %w", err)
 	}
 	opts := enforce.Options{
-		Logger:       sh.log,
-		Timeout:      cfg.Decision.Timeout.Duration,
-		Observer:     sh.obs,
-		Resolver:     reg,
-		Repositories: reg,
+		Logger:   sh.log,
+		Timeout:  cfg.Decision.Timeout.Duration,
+		Observer: sh.obs,
+		Registry: reg,
 		VADefaults: enforce.VADefaults{
 			MaxSeverity:         cfg.VA.MaxSeverity,
 			IgnoreUnfixed:       cfg.VA.IgnoreUnfixed,

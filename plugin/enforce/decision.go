@@ -53,7 +53,7 @@ type Request struct {
 	// Credentials returns the registry credentials sent with the request for
 	// a registry host (nil when none apply). They are used for this decision
 	// only, never cached and never logged.
-	Credentials func(host string) *registry.Credentials
+	Credentials registry.CredentialFunc
 }
 
 // Decision is the answer, with everything a denial message and an audit log

@@ -24,19 +24,17 @@ type Options struct {
 	// Observer, if set, sees every decision (metrics).
 	Observer Observer
 
-	// Resolver resolves images to digests; nil means rules with checks deny.
-	Resolver Resolver
+	// Registry opens image repositories; nil means rules with checks deny.
+	Registry RepositoryOpener
 	// Trust verifies signatures; nil means no signers are configured.
 	Trust TrustVerifier
 	// Facts caches trust facts and scan reports by content; nil verifies
 	// every time.
 	Facts FactsCache
 
-	// Reports finds scan reports; Repositories opens the image's repository
-	// for it. Either nil means rules with va deny.
-	Reports      ReportSource
-	Repositories RepositoryOpener
-	VADefaults   VADefaults
+	// Reports finds scan reports; nil means rules with va deny.
+	Reports    ReportSource
+	VADefaults VADefaults
 }
 
 // Observer is told of every decision, after it is made.

@@ -14,14 +14,15 @@ import (
 	"github.com/pullguard/pullguard/plugin/va"
 )
 
-// Resolver turns an image reference into the descriptor of its manifest.
-type Resolver interface {
-	Resolve(ctx context.Context, ref reference.Named, creds *registry.Credentials) (ocispec.Descriptor, error)
+// RepositoryOpener opens an image's repository for one decision, asking
+// for each endpoint's credentials as containerd does (mirrors included).
+type RepositoryOpener interface {
+	RepositoryWith(ctx context.Context, ref reference.Named, creds registry.CredentialFunc) (*registry.Repository, error)
 }
 
 // TrustVerifier establishes which configured signers signed a digest.
 type TrustVerifier interface {
-	Verify(ctx context.Context, ref reference.Named, desc ocispec.Descriptor, creds *registry.Credentials) (*trust.Facts, error)
+	VerifyFrom(ctx context.Context, src trust.SignatureSource, ref reference.Named, desc ocispec.Descriptor) (*trust.Facts, error)
 	TrustMaterialHash() string
 }
 
@@ -42,10 +43,12 @@ type FactsCache interface {
 
 // subject is the resolved image every check looks at.
 type subject struct {
-	name  reference.Named // normalised, with the tag or digest asked for
-	repo  reference.Named // name without tag or digest: the signatures' scope
-	desc  ocispec.Descriptor
-	creds *registry.Credentials
+	name reference.Named // normalised, with the tag or digest asked for
+	repo reference.Named // name without tag or digest: the signatures' scope
+	desc ocispec.Descriptor
+	// src reaches the repository with the request's credentials; one
+	// handle per decision so the registry token is fetched once.
+	src *registry.Repository
 	// lazy: only desc.Digest is known (create time); complete fetches the rest.
 	lazy bool
 }
@@ -53,13 +56,14 @@ type subject struct {
 // resolve pins the image to a digest once per decision, so that trust and VA
 // look at the same content and the pull fetches exactly that content.
 func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named) (*subject, *failure) {
-	if e.opts.Resolver == nil {
+	if e.opts.Registry == nil {
 		return nil, &failure{SignatureValidationFailed, "no registry access is configured to resolve the image"}
 	}
-	var creds *registry.Credentials
-	if req.Credentials != nil {
-		creds = req.Credentials(reference.Domain(name))
+	src, err := e.opts.Registry.RepositoryWith(ctx, name, req.Credentials)
+	if err != nil {
+		return nil, registryFailure(fmt.Sprintf("open repository %s", reference.TrimNamed(name)), err)
 	}
+	s := &subject{name: name, repo: reference.TrimNamed(name), src: src}
 	if req.Digest != "" {
 		// Create time: the content on the node is what must be checked,
 		// whatever the tag points at now. Its full descriptor is fetched
@@ -68,14 +72,14 @@ func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named)
 		if err := d.Validate(); err != nil {
 			return nil, &failure{SignatureValidationFailed, fmt.Sprintf("image digest %q on the node is invalid: %v", req.Digest, err)}
 		}
-		return &subject{name: name, repo: reference.TrimNamed(name), desc: ocispec.Descriptor{Digest: d}, creds: creds, lazy: true}, nil
+		s.desc, s.lazy = ocispec.Descriptor{Digest: d}, true
+		return s, nil
 	}
-	desc, err := e.opts.Resolver.Resolve(ctx, name, creds)
-	if err != nil {
+	if s.desc, err = src.Resolve(ctx, name); err != nil {
 		// The registry client's error already names the reference.
 		return nil, registryFailure("", err)
 	}
-	return &subject{name: name, repo: reference.TrimNamed(name), desc: desc, creds: creds}, nil
+	return s, nil
 }
 
 // complete fetches the descriptor of a subject known only by digest.
@@ -87,7 +91,7 @@ func (e *Engine) complete(ctx context.Context, s *subject) error {
 	if err != nil {
 		return err
 	}
-	desc, err := e.opts.Resolver.Resolve(ctx, ref, s.creds)
+	desc, err := s.src.Resolve(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -107,7 +111,7 @@ func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, 
 		if err := e.complete(ctx, s); err != nil {
 			return nil, err
 		}
-		f, err := e.opts.Trust.Verify(ctx, s.repo, s.desc, s.creds)
+		f, err := e.opts.Trust.VerifyFrom(ctx, s.src, s.repo, s.desc)
 		if err != nil {
 			return nil, err
 		}

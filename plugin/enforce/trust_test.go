@@ -78,7 +78,7 @@ func (b *trustBed) push(t testing.TB, repo, tag string, signers ...*trusttest.CA
 
 func (b *trustBed) engine(t *testing.T, facts FactsCache, pols ...policy.Policy) *Engine {
 	t.Helper()
-	return New(mustSet(t, pols...), Options{Resolver: b.reg, Trust: b.verifier, Facts: facts, Timeout: 10 * time.Second})
+	return New(mustSet(t, pols...), Options{Registry: b.reg, Trust: b.verifier, Facts: facts, Timeout: 10 * time.Second})
 }
 
 func trustRule(name string, signers ...string) policy.Rule {
@@ -215,7 +215,7 @@ func TestConcurrentIdenticalPullsVerifyOnce(t *testing.T) {
 	b.push(t, "app/hot", "v1", b.release)
 	facts := cache.New[*Facts](cache.Options{})
 	counting := &countingVerifier{TrustVerifier: b.verifier, n: &listings}
-	e := New(mustSet(t, cluster(trustRule("*"))), Options{Resolver: b.reg, Trust: counting, Facts: facts, Timeout: 10 * time.Second})
+	e := New(mustSet(t, cluster(trustRule("*"))), Options{Registry: b.reg, Trust: counting, Facts: facts, Timeout: 10 * time.Second})
 
 	const n = 100
 	var wg sync.WaitGroup
@@ -244,9 +244,9 @@ type countingVerifier struct {
 	n *atomic.Int64
 }
 
-func (c *countingVerifier) Verify(ctx context.Context, ref reference.Named, desc ocispec.Descriptor, creds *registry.Credentials) (*trust.Facts, error) {
+func (c *countingVerifier) VerifyFrom(ctx context.Context, src trust.SignatureSource, ref reference.Named, desc ocispec.Descriptor) (*trust.Facts, error) {
 	c.n.Add(1)
-	return c.TrustVerifier.Verify(ctx, ref, desc, creds)
+	return c.TrustVerifier.VerifyFrom(ctx, src, ref, desc)
 }
 
 // BenchmarkDecidePullCached is the cost pullguard adds to a pull whose
@@ -255,7 +255,7 @@ func (c *countingVerifier) Verify(ctx context.Context, ref reference.Named, desc
 func BenchmarkDecidePullCached(b *testing.B) {
 	tb := newTrustBed(b)
 	tb.push(b, "app/signed", "v1", tb.release)
-	e := New(mustSetB(b, cluster(trustRule("*"))), Options{Resolver: tb.reg, Trust: tb.verifier, Facts: cache.New[*Facts](cache.Options{})})
+	e := New(mustSetB(b, cluster(trustRule("*"))), Options{Registry: tb.reg, Trust: tb.verifier, Facts: cache.New[*Facts](cache.Options{})})
 	req := Request{Op: OpPull, Namespace: "prod", Image: tb.srv.Host + "/app/signed:v1"}
 	if d := e.Decide(context.Background(), req); d.Denied() {
 		b.Fatal(d.Message())
@@ -273,7 +273,7 @@ func BenchmarkDecidePullCached(b *testing.B) {
 func BenchmarkDecideCreateCached(b *testing.B) {
 	tb := newTrustBed(b)
 	dg := tb.push(b, "app/signed", "v1", tb.release)
-	e := New(mustSetB(b, cluster(trustRule("*"))), Options{Resolver: tb.reg, Trust: tb.verifier, Facts: cache.New[*Facts](cache.Options{})})
+	e := New(mustSetB(b, cluster(trustRule("*"))), Options{Registry: tb.reg, Trust: tb.verifier, Facts: cache.New[*Facts](cache.Options{})})
 	image := tb.srv.Host + "/app/signed:v1"
 	if d := e.Decide(context.Background(), Request{Op: OpPull, Image: image}); d.Denied() {
 		b.Fatal(d.Message())
@@ -291,7 +291,7 @@ func BenchmarkDecideCreateCached(b *testing.B) {
 func BenchmarkDecidePullCold(b *testing.B) {
 	tb := newTrustBed(b)
 	tb.push(b, "app/signed", "v1", tb.release)
-	e := New(mustSetB(b, cluster(trustRule("*"))), Options{Resolver: tb.reg, Trust: tb.verifier})
+	e := New(mustSetB(b, cluster(trustRule("*"))), Options{Registry: tb.reg, Trust: tb.verifier})
 	req := Request{Op: OpPull, Namespace: "prod", Image: tb.srv.Host + "/app/signed:v1"}
 	for b.Loop() {
 		if d := e.Decide(context.Background(), req); d.Denied() {

@@ -10,7 +10,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/pullguard/pullguard/plugin/policy"
-	"github.com/pullguard/pullguard/plugin/registry"
 	"github.com/pullguard/pullguard/plugin/trust"
 	"github.com/pullguard/pullguard/plugin/va"
 )
@@ -18,12 +17,6 @@ import (
 // ReportSource finds the newest trustworthy scan report of an image.
 type ReportSource interface {
 	Report(ctx context.Context, q va.Query) (*va.Attested, error)
-}
-
-// RepositoryOpener opens an image's repository with the request's
-// credentials, for sources that read the registry.
-type RepositoryOpener interface {
-	Repository(ctx context.Context, ref reference.Named, creds *registry.Credentials) (*registry.Repository, error)
 }
 
 // VADefaults are the node's [va] settings; a rule's own knobs override them.
@@ -91,7 +84,7 @@ func (e *Engine) vaKnobs(rule policy.VA) (knobs, error) {
 
 // checkVA returns why the image fails vulnerability assessment.
 func (e *Engine) checkVA(ctx context.Context, req Request, s *subject, rule policy.VA, d *Decision) *failure {
-	if e.opts.Reports == nil || e.opts.Repositories == nil {
+	if e.opts.Reports == nil {
 		return &failure{SignatureValidationFailed, "the rule requires vulnerability assessment but no report source is configured on this node"}
 	}
 	k, err := e.vaKnobs(rule)
@@ -102,12 +95,8 @@ func (e *Engine) checkVA(ctx context.Context, req Request, s *subject, rule poli
 		if err := e.complete(ctx, s); err != nil {
 			return nil, err
 		}
-		repo, err := e.opts.Repositories.Repository(ctx, s.repo, s.creds)
-		if err != nil {
-			return nil, err
-		}
 		att, err := e.opts.Reports.Report(ctx, va.Query{
-			Image:         va.Image{Name: s.name, Subject: s.desc, Registry: repo},
+			Image:         va.Image{Name: s.name, Subject: s.desc, Registry: s.src},
 			RequireSigned: k.requireSigned,
 		})
 		if err != nil {

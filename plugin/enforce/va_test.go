@@ -62,8 +62,8 @@ func (b *vaBed) pushScanned(t *testing.T, repo string, created time.Time, signer
 func (b *vaBed) engine(t *testing.T, def VADefaults, pols ...policy.Policy) *Engine {
 	t.Helper()
 	return New(mustSet(t, pols...), Options{
-		Resolver: b.reg, Trust: b.verifier, Facts: cache.New[*Facts](cache.Options{}),
-		Reports: b.source, Repositories: b.reg, VADefaults: def, Timeout: 10 * time.Second,
+		Registry: b.reg, Trust: b.verifier, Facts: cache.New[*Facts](cache.Options{}),
+		Reports: b.source, VADefaults: def, Timeout: 10 * time.Second,
 	})
 }
 
