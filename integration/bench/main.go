@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -102,6 +103,9 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 	}
 	defer via.Close()
 
+	// The figures only mean something next to the machine's load: a busy machine delays the
+	// proxy's extra wake-ups most.
+	loadBefore := loadAverage()
 	calls := benchCalls(bed.Pause.Ref, len(bulk.ContainerIDs), len(bulk.PodIDs))
 	results := make([]result, 0, len(calls))
 	for _, c := range calls {
@@ -113,8 +117,8 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 		results = append(results, r)
 	}
 	header := fmt.Sprintf("pullguard CRI pass-through overhead: containerd v2.4.2, %d pod sandboxes, %d containers, "+
-		"%d interleaved iterations per call and target after %d warm-up, proxy=%s, GOMAXPROCS=%d",
-		len(bulk.PodIDs), len(bulk.ContainerIDs), o.iterations, o.warmup, o.proxyMode, numCPU())
+		"%d interleaved iterations per call and target after %d warm-up, proxy=%s, %d CPUs, load average before/after %s / %s",
+		len(bulk.PodIDs), len(bulk.ContainerIDs), o.iterations, o.warmup, o.proxyMode, numCPU(), loadBefore, loadAverage())
 	return printReport(os.Stdout, header, results), nil
 }
 
@@ -191,4 +195,16 @@ func benchCalls(image string, containers, pods int) []benchCall {
 			return err
 		}},
 	}
+}
+
+// loadAverage is the 1-minute load average, or "?" where /proc is unavailable.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }

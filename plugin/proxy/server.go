@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -131,6 +132,10 @@ func New(opts Options) (*Server, error) {
 	}
 	s.SetGate(opts.Gate)
 	s.srv = grpc.NewServer(
+		// Reused handler goroutines keep their grown stacks: a fresh
+		// goroutine per call pays runtime.morestack on the deep
+		// server+client call path, on every call.
+		grpc.NumStreamWorkers(uint32(max(4, 2*runtime.GOMAXPROCS(0)))),
 		grpc.ForceServerCodecV2(codec),
 		grpc.UnknownServiceHandler(s.handle),
 		grpc.MaxRecvMsgSize(maxMsg),
