@@ -33,6 +33,9 @@ const DefaultUpstreamNamespace = "k8s.io"
 // Dialling a unix socket is cheap, so a short cap costs nothing.
 const upstreamMaxBackoff = time.Second
 
+// flowWindow is the static HTTP/2 flow-control window on both sides.
+const flowWindow = 1 << 20
+
 const (
 	methodPullImage       = "/runtime.v1.ImageService/PullImage"
 	methodCreateContainer = "/runtime.v1.RuntimeService/CreateContainer"
@@ -112,6 +115,11 @@ func New(opts Options) (*Server, error) {
 	conn, err := grpc.NewClient(target,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 5 * time.Second}),
+		// Static windows turn off BDP estimation, whose PING round trips
+		// add syscalls to every small call; on a unix socket there is no
+		// bandwidth-delay product to discover.
+		grpc.WithInitialWindowSize(flowWindow),
+		grpc.WithInitialConnWindowSize(flowWindow),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(maxMsg),
 			grpc.MaxCallSendMsgSize(maxMsg),
@@ -136,6 +144,8 @@ func New(opts Options) (*Server, error) {
 		// goroutine per call pays runtime.morestack on the deep
 		// server+client call path, on every call.
 		grpc.NumStreamWorkers(uint32(max(4, 2*runtime.GOMAXPROCS(0)))),
+		grpc.InitialWindowSize(flowWindow),
+		grpc.InitialConnWindowSize(flowWindow),
 		grpc.ForceServerCodecV2(codec),
 		grpc.UnknownServiceHandler(s.handle),
 		grpc.MaxRecvMsgSize(maxMsg),
