@@ -13,6 +13,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -32,6 +34,9 @@ type rendered struct {
 	configMaps      []corev1.ConfigMap
 	roles           []rbacv1.Role
 	roleBindings    []rbacv1.RoleBinding
+	clusterRoles    []rbacv1.ClusterRole
+	clusterBindings []rbacv1.ClusterRoleBinding
+	crds            []apiextensionsv1.CustomResourceDefinition
 	daemonSets      []appsv1.DaemonSet
 }
 
@@ -86,11 +91,20 @@ func render(t *testing.T, components ...string) *rendered {
 		case "RoleBinding":
 			out.roleBindings = append(out.roleBindings, rbacv1.RoleBinding{})
 			target = &out.roleBindings[len(out.roleBindings)-1]
+		case "ClusterRole":
+			out.clusterRoles = append(out.clusterRoles, rbacv1.ClusterRole{})
+			target = &out.clusterRoles[len(out.clusterRoles)-1]
+		case "ClusterRoleBinding":
+			out.clusterBindings = append(out.clusterBindings, rbacv1.ClusterRoleBinding{})
+			target = &out.clusterBindings[len(out.clusterBindings)-1]
+		case "CustomResourceDefinition":
+			out.crds = append(out.crds, apiextensionsv1.CustomResourceDefinition{})
+			target = &out.crds[len(out.crds)-1]
 		case "DaemonSet":
 			out.daemonSets = append(out.daemonSets, appsv1.DaemonSet{})
 			target = &out.daemonSets[len(out.daemonSets)-1]
 		default:
-			t.Fatalf("unexpected kind %s %s", res.GetKind(), res.GetName())
+			t.Fatalf("unexpected kind %s %s: add a strict decoder for it in render()", res.GetKind(), res.GetName())
 		}
 		if err := decodeStrict(j, target); err != nil {
 			t.Errorf("%s %s: %v", res.GetKind(), res.GetName(), err)
@@ -105,7 +119,9 @@ func render(t *testing.T, components ...string) *rendered {
 var wantAPIVersion = map[string]string{
 	"Namespace": "v1", "ServiceAccount": "v1", "ConfigMap": "v1",
 	"Role": "rbac.authorization.k8s.io/v1", "RoleBinding": "rbac.authorization.k8s.io/v1",
-	"DaemonSet": "apps/v1",
+	"ClusterRole": "rbac.authorization.k8s.io/v1", "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
+	"CustomResourceDefinition": "apiextensions.k8s.io/v1",
+	"DaemonSet":                "apps/v1",
 }
 
 // decodeStrict decodes the way the API server does (field names case
@@ -124,17 +140,43 @@ func TestBaseRendersAndFitsTogether(t *testing.T) {
 	if len(r.namespaces) != 1 || r.namespaces[0].Name != namespace {
 		t.Fatalf("namespaces = %v", r.namespaces)
 	}
-	if len(r.daemonSets) != 1 || len(r.serviceAccounts) != 1 || len(r.roles) != 1 || len(r.roleBindings) != 1 || len(r.configMaps) != 2 {
-		t.Fatalf("object counts: ds %d sa %d role %d rb %d cm %d", len(r.daemonSets), len(r.serviceAccounts), len(r.roles), len(r.roleBindings), len(r.configMaps))
-	}
+	ds := byName(t, r.daemonSets, "pullguard", func(d appsv1.DaemonSet) metav1.ObjectMeta { return d.ObjectMeta })
+	sa := byName(t, r.serviceAccounts, "pullguard", func(d corev1.ServiceAccount) metav1.ObjectMeta { return d.ObjectMeta })
+	role := byName(t, r.roles, "pullguard-agent", func(d rbacv1.Role) metav1.ObjectMeta { return d.ObjectMeta })
+	rb := byName(t, r.roleBindings, "pullguard-agent", func(d rbacv1.RoleBinding) metav1.ObjectMeta { return d.ObjectMeta })
 	// Everything namespaced lives in pullguard-system.
-	for _, ns := range []string{r.serviceAccounts[0].Namespace, r.roles[0].Namespace, r.roleBindings[0].Namespace,
-		r.daemonSets[0].Namespace, r.configMaps[0].Namespace, r.configMaps[1].Namespace} {
-		if ns != namespace {
-			t.Errorf("object in namespace %q", ns)
+	var metas []metav1.ObjectMeta
+	for _, o := range r.serviceAccounts {
+		metas = append(metas, o.ObjectMeta)
+	}
+	for _, o := range r.roles {
+		metas = append(metas, o.ObjectMeta)
+	}
+	for _, o := range r.roleBindings {
+		metas = append(metas, o.ObjectMeta)
+	}
+	for _, o := range r.configMaps {
+		metas = append(metas, o.ObjectMeta)
+	}
+	for _, o := range r.daemonSets {
+		metas = append(metas, o.ObjectMeta)
+	}
+	for _, m := range metas {
+		if m.Namespace != namespace {
+			t.Errorf("%s is in namespace %q", m.Name, m.Namespace)
 		}
 	}
-	ds := r.daemonSets[0]
+	// Cluster-wide bindings, if any, bind existing roles to existing accounts.
+	for _, b := range r.clusterBindings {
+		if b.RoleRef.Kind == "ClusterRole" && !slices.ContainsFunc(r.clusterRoles, func(c rbacv1.ClusterRole) bool { return c.Name == b.RoleRef.Name }) {
+			t.Errorf("ClusterRoleBinding %s refers to missing ClusterRole %s", b.Name, b.RoleRef.Name)
+		}
+		for _, s := range b.Subjects {
+			if s.Kind == "ServiceAccount" && !slices.ContainsFunc(r.serviceAccounts, func(a corev1.ServiceAccount) bool { return a.Name == s.Name && a.Namespace == s.Namespace }) {
+				t.Errorf("ClusterRoleBinding %s binds missing ServiceAccount %s/%s", b.Name, s.Namespace, s.Name)
+			}
+		}
+	}
 	pod := ds.Spec.Template.Spec
 
 	// The selector selects the pods.
@@ -144,11 +186,9 @@ func TestBaseRendersAndFitsTogether(t *testing.T) {
 		}
 	}
 	// ServiceAccount exists and the Role bound to it reads only our ConfigMaps.
-	sa := r.serviceAccounts[0]
 	if pod.ServiceAccountName != sa.Name {
 		t.Errorf("serviceAccountName %q, ServiceAccount is %q", pod.ServiceAccountName, sa.Name)
 	}
-	rb, role := r.roleBindings[0], r.roles[0]
 	if rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != role.Name || rb.RoleRef.APIGroup != rbacv1.GroupName {
 		t.Errorf("roleRef = %+v, Role is %s", rb.RoleRef, role.Name)
 	}
@@ -246,6 +286,18 @@ func TestBaseRendersAndFitsTogether(t *testing.T) {
 	}
 }
 
+func byName[T any](t *testing.T, objs []T, name string, meta func(T) metav1.ObjectMeta) T {
+	t.Helper()
+	for _, o := range objs {
+		if meta(o).Name == name {
+			return o
+		}
+	}
+	var zero T
+	t.Fatalf("no %T named %q in the rendered objects", zero, name)
+	return zero
+}
+
 func mountAt(c corev1.Container, path string) string {
 	for _, m := range c.VolumeMounts {
 		if m.MountPath == path {
@@ -256,11 +308,14 @@ func mountAt(c corev1.Container, path string) string {
 }
 
 func TestComponents(t *testing.T) {
-	staged := render(t, "staged-rollout").daemonSets[0].Spec.Template.Spec
+	dsOf := func(r *rendered) appsv1.DaemonSet {
+		return byName(t, r.daemonSets, "pullguard", func(d appsv1.DaemonSet) metav1.ObjectMeta { return d.ObjectMeta })
+	}
+	staged := dsOf(render(t, "staged-rollout")).Spec.Template.Spec
 	if staged.NodeSelector["pullguard.dev/enabled"] != "true" || staged.NodeSelector["kubernetes.io/os"] != "linux" {
 		t.Errorf("staged nodeSelector = %v", staged.NodeSelector)
 	}
-	un := render(t, "uninstall").daemonSets[0].Spec.Template.Spec
+	un := dsOf(render(t, "uninstall")).Spec.Template.Spec
 	if len(un.InitContainers) != 0 || len(un.Containers) != 1 {
 		t.Fatalf("uninstall pod: %d init, %d containers", len(un.InitContainers), len(un.Containers))
 	}
