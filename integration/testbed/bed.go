@@ -17,6 +17,8 @@ type Options struct {
 	Logger *slog.Logger // nil: discard
 	// RegistryAuth, if set, makes the registry require this user (trust tests with credentials).
 	RegistryAuth *BasicAuth
+	// PullguardBin is a prebuilt pullguard (default: env PULLGUARD_BIN, else built on first use).
+	PullguardBin string
 	// Keep leaves the directory in place after Close (for debugging); env PULLGUARD_TESTBED_KEEP=1 too.
 	Keep bool
 }
@@ -66,6 +68,7 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 		Dir: dir, Tools: tools, Repo: repo, log: log,
 		CgroupParent: "/" + filepath.Base(dir),
 		keep:         opts.Keep || os.Getenv("PULLGUARD_TESTBED_KEEP") == "1",
+		pgBin:        opts.PullguardBin,
 	}
 	defer func() {
 		if err != nil {
@@ -140,6 +143,11 @@ func (b *Bed) goBuild(ctx context.Context, out, pkg string, env ...string) error
 // removes the bed's cgroups and Dir itself.
 func (b *Bed) Close(ctx context.Context) error {
 	var errs []error
+	step := time.Now()
+	took := func(what string) {
+		b.log.Debug("bed close", "step", what, "took", time.Since(step).Round(time.Millisecond))
+		step = time.Now()
+	}
 	b.mu.Lock()
 	pgs := b.pullguards
 	b.pullguards = nil
@@ -149,6 +157,7 @@ func (b *Bed) Close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	took("stop pullguards")
 	if b.Containerd != nil && b.Crictl != nil {
 		if exited, _ := b.Containerd.proc.Exited(); !exited {
 			rctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -158,6 +167,7 @@ func (b *Bed) Close(ctx context.Context) error {
 			cancel()
 		}
 	}
+	took("remove pods")
 	if b.Containerd != nil {
 		if err := b.Containerd.Stop(); err != nil {
 			errs = append(errs, err)
@@ -166,11 +176,13 @@ func (b *Bed) Close(ctx context.Context) error {
 			b.log.Warn("killed leftover shims", "pids", pids)
 		}
 	}
+	took("stop containerd")
 	if b.Registry != nil {
 		if err := b.Registry.Stop(); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	took("stop registry")
 	if err := unmountUnder(b.Dir); err != nil {
 		errs = append(errs, err)
 	}

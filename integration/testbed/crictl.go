@@ -36,6 +36,7 @@ type Result struct {
 	Stdout string
 	Stderr string
 	Err    error // non-nil on a non-zero exit
+	Took   time.Duration
 }
 
 // Output is stdout and stderr together, for matching messages.
@@ -50,9 +51,15 @@ func (r Result) String() string {
 	return s
 }
 
-// Command is the full command line crictl runs with (for printing).
+// Command is the full command line crictl runs with.
 func (c *Crictl) Command(args ...string) []string {
 	return append([]string{c.Bin}, c.fullArgs(args)...)
+}
+
+// Display is the command line as a person would type it (no config or timeout flags).
+func (c *Crictl) Display(args ...string) string {
+	ep := "unix://" + c.Endpoint
+	return strings.Join(append([]string{"crictl", "--runtime-endpoint", ep, "--image-endpoint", ep}, args...), " ")
 }
 
 func (c *Crictl) fullArgs(args []string) []string {
@@ -70,11 +77,12 @@ func (c *Crictl) Run(ctx context.Context, args ...string) Result {
 	cmd.Env = c.Env
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
 	err := cmd.Run()
 	if err != nil {
 		err = fmt.Errorf("crictl %s: %w", strings.Join(args, " "), err)
 	}
-	return Result{Args: args, Stdout: out.String(), Stderr: errb.String(), Err: err}
+	return Result{Args: args, Stdout: out.String(), Stderr: errb.String(), Err: err, Took: time.Since(start)}
 }
 
 // Start starts a long-running crictl (e.g. `events`); the caller stops it with Stop.
