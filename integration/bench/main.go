@@ -33,6 +33,7 @@ type options struct {
 	proxyMode  string
 	strict     bool
 	verbose    bool
+	relay      bool
 }
 
 func main() {
@@ -43,7 +44,17 @@ func main() {
 	flag.StringVar(&o.proxyMode, "proxy", "binary", `"binary": pullguard serve as its own process (as deployed); "inprocess": plugin/proxy inside this program`)
 	flag.BoolVar(&o.strict, "strict", false, "exit 1 when a target is missed")
 	flag.BoolVar(&o.verbose, "v", false, "log test-bed progress")
+	flag.BoolVar(&o.relay, "relay", true, "also time a byte-copying relay process: the floor of any extra hop on this machine")
+	relayServe := flag.String("relay-serve", "", "internal: run as the relay, listening on this socket")
+	relayUpstream := flag.String("relay-upstream", "", "internal: the relay's upstream socket")
 	flag.Parse()
+	if *relayServe != "" {
+		if err := serveRelay(*relayServe, *relayUpstream); err != nil {
+			fmt.Fprintln(os.Stderr, "bench relay:", err)
+			os.Exit(2)
+		}
+		return
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -102,6 +113,18 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 		return false, err
 	}
 	defer via.Close()
+	var relayed *testbed.CRIClient
+	if o.relay {
+		sock, stopRelay, err := startRelay(ctx, bed.Dir, bed.Containerd.Socket)
+		if err != nil {
+			return false, err
+		}
+		defer stopRelay()
+		if relayed, err = testbed.DialCRI(sock); err != nil {
+			return false, err
+		}
+		defer relayed.Close()
+	}
 
 	// The figures only mean something next to the machine's load: a busy machine delays the
 	// proxy's extra wake-ups most.
@@ -110,7 +133,7 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 	results := make([]result, 0, len(calls))
 	for _, c := range calls {
 		fmt.Fprintf(os.Stderr, "measuring %s...\n", c.name)
-		r, err := measure(ctx, c, direct, via, o.warmup, o.iterations)
+		r, err := measure(ctx, c, direct, via, relayed, o.warmup, o.iterations)
 		if err != nil {
 			return false, fmt.Errorf("measure %s: %w", c.name, err)
 		}
