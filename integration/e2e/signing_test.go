@@ -204,7 +204,8 @@ func assertDenial(t *testing.T, r testbed.Result, prefix string, wants ...string
 	if r.Err == nil {
 		t.Fatalf("admitted, want a denial (%s %v):\n%v", prefix, wants, r)
 	}
-	out := r.Output()
+	// crictl quotes the gRPC message in its log lines: compare the message as sent.
+	out := strings.ReplaceAll(r.Output(), `\"`, `"`)
 	if !strings.Contains(out, prefix) {
 		t.Errorf("denial lacks %q:\n%s", prefix, out)
 	}
@@ -250,4 +251,24 @@ func pushTinyTo(t *testing.T, reg *testbed.Registry, repoTag string) testbed.Pus
 // base64Basic is the basic-auth encoding of user:password (also must never be logged).
 func base64Basic(user, password string) string {
 	return base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
+}
+
+// assertDigestAbsent checks no image in containerd (asked with ctr) has manifest digest dig,
+// under any name: what a denied pull must leave behind.
+func assertDigestAbsent(t *testing.T, ctx context.Context, b *testbed.Bed, dig string) {
+	t.Helper()
+	r := b.Ctr(ctx, "images", "ls")
+	if r.Err != nil {
+		t.Fatalf("list images: %v", r)
+	}
+	if strings.Contains(r.Stdout, dig) {
+		t.Errorf("containerd holds an image with digest %s:\n%s", dig, r.Stdout)
+	}
+}
+
+// assertDeniedPullLeftNothing is assertAbsent plus no image of that digest under any name.
+func assertDeniedPullLeftNothing(t *testing.T, ctx context.Context, b *testbed.Bed, img testbed.PushedImage) {
+	t.Helper()
+	assertAbsent(t, ctx, b, img.Ref)
+	assertDigestAbsent(t, ctx, b, img.Digest)
 }

@@ -94,7 +94,7 @@ func TestTrustNotationCLISignature(t *testing.T) {
 		t.Fatal(err)
 	}
 	signed := pushTiny(t, b, "trust-cli/app:v1")
-	unsigned := pushTiny(t, b, "trust-cli/app:v2")
+	unsigned := pushTiny(t, b, "trust-cli/unsigned:v1")
 	notation("sign", "--insecure-registry", signed.Pinned())
 
 	pg := startPullguard(t, b, testbed.PullguardOptions{Config: `[[signers]]
@@ -110,7 +110,7 @@ revocation = "skip"
 	}
 	assertPinnedPull(t, b, pg, signed)
 	assertDenial(t, pullIn(t, ctx, b, pg, "trust-cli", "cli", unsigned.Ref), denialPrefix, "[cli]", "found no signature")
-	assertAbsent(t, ctx, b, unsigned.Ref)
+	assertDeniedPullLeftNothing(t, ctx, b, unsigned)
 }
 
 // TestTrustPrivateRegistryCredentials: a registry that needs the pull credentials kubelet sends
@@ -134,7 +134,7 @@ func TestTrustPrivateRegistryCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	ok := pushTinyTo(t, reg, "private/app:v1")
-	other := pushTinyTo(t, reg, "private/app:v2")
+	other := pushTinyTo(t, reg, "private/other:v1")
 	sign(t, ok, k.releaseLeaf, trusttest.JWS, user)
 	sign(t, other, k.releaseLeaf, trusttest.JWS, user)
 
@@ -149,9 +149,9 @@ func TestTrustPrivateRegistryCredentials(t *testing.T) {
 
 	// The signature fetch needs the credentials: wrong or none deny, and nothing is pulled.
 	assertDenial(t, pullIn(t, ctx, b, pg, "private", "priv", other.Ref, "--creds", user.Username+":"+wrong), denialPrefix, "refused access")
-	assertAbsent(t, ctx, b, other.Ref)
+	assertDeniedPullLeftNothing(t, ctx, b, other)
 	assertDenial(t, pullIn(t, ctx, b, pg, "private", "priv", other.Ref), denialPrefix, "refused access")
-	assertAbsent(t, ctx, b, other.Ref)
+	assertDeniedPullLeftNothing(t, ctx, b, other)
 
 	logs := pg.Logs()
 	for _, pw := range []string{user.Password, wrong, base64Basic(user.Username, user.Password), base64Basic(user.Username, wrong)} {
@@ -175,7 +175,7 @@ func TestTrustReferrersAPIRegistry(t *testing.T) {
 	}
 	reg := testbed.RegistryAt(srv.Host, nil)
 	signed := pushTinyTo(t, reg, "refapi/app:v1")
-	unsigned := pushTinyTo(t, reg, "refapi/app:v2")
+	unsigned := pushTinyTo(t, reg, "refapi/unsigned:v1")
 	r := srv.Repo(t, "refapi/app")
 	trusttest.Sign(t, r, describe(t, r, signed), k.releaseLeaf, trusttest.COSE)
 	// The signature is reachable through the API only: no tag-schema index exists.
@@ -190,7 +190,7 @@ func TestTrustReferrersAPIRegistry(t *testing.T) {
 	}
 	assertPinnedPull(t, b, pg, signed)
 	assertDenial(t, pullIn(t, ctx, b, pg, "refapi", "ra", unsigned.Ref), denialPrefix, "found no signature")
-	assertAbsent(t, ctx, b, unsigned.Ref)
+	assertDeniedPullLeftNothing(t, ctx, b, unsigned)
 }
 
 // TestTrustDenials: each reason a signature is refused, as crictl (kubelet) shows it; nothing
@@ -250,8 +250,8 @@ func TestTrustDenials(t *testing.T) {
 			img := pushTiny(t, b, tc.repo+":v1")
 			tc.sign(t, img)
 			r := pullIn(t, ctx, b, pg, "trust-deny", "td", img.Ref)
-			assertDenial(t, r, tc.prefix, append(tc.want, `"trust-deny"`, img.Digest)...)
-			assertAbsent(t, ctx, b, img.Ref)
+			assertDenial(t, r, tc.prefix, append(tc.want, `for namespace "trust-deny"`, img.Digest)...)
+			assertDeniedPullLeftNothing(t, ctx, b, img)
 		})
 	}
 	t.Run("registry unreachable", func(t *testing.T) {
@@ -259,7 +259,7 @@ func TestTrustDenials(t *testing.T) {
 		ctx := testCtx(t)
 		ref := dead + "/gone/app:v1"
 		r := pullIn(t, ctx, b, pg, "trust-deny", "td", ref)
-		assertDenial(t, r, registryUnavailable, `"trust-deny"`, dead)
+		assertDenial(t, r, registryUnavailable, `for namespace "trust-deny"`, dead)
 		if strings.Contains(r.Output(), denialPrefix) {
 			t.Errorf("an unreachable registry is not a signature failure:\n%s", r.Output())
 		}
