@@ -533,3 +533,27 @@ func TestUninstallWithoutStateRefusesWhenKubeletUsesPullguard(t *testing.T) {
 		t.Errorf("refused uninstall changed something: %v", svc.Calls())
 	}
 }
+
+func TestUninstallAfterRolledBackInstallKeepsLaterKubeletEdits(t *testing.T) {
+	root := node(t, map[string]string{"/var/lib/kubelet/config.yaml": plainConfig})
+	svc := newFakeServices(t, root)
+	svc.fail["restart kubelet.service"] = errors.New("kubelet exited")
+	opts := source(t, "bin", srcConfig)
+	opts.Root, opts.Services = root, svc
+	if _, err := Install(context.Background(), opts); err == nil {
+		t.Fatal("install succeeded despite the kubelet restart failure")
+	}
+	// The administrator edits kubelet afterwards; uninstall must not roll that back.
+	edited := plainConfig + "\nmaxPods: 50\n"
+	must(t, os.WriteFile(root.Path("/var/lib/kubelet/config.yaml"), []byte(edited), 0o640))
+	svc.fail = map[string]error{}
+	if err := Uninstall(context.Background(), Options{Root: root, Services: svc}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, root, "/var/lib/kubelet/config.yaml"); got != edited {
+		t.Errorf("uninstall restored a stale backup over a later edit:\n%s", got)
+	}
+	if _, err := os.Stat(root.Path(hoststate.BinaryPath)); err == nil {
+		t.Error("pullguard binary left behind")
+	}
+}

@@ -156,7 +156,10 @@ func Uninstall(ctx context.Context, opts Options) error {
 			return fmt.Errorf("uninstall: %w", err)
 		}
 	}
-	if st != nil {
+	// Backups are only restored while kubelet is wired to pullguard: after a
+	// rolled-back install the files on disk are already the originals, and
+	// the backups may be older than later edits by an administrator.
+	if st != nil && st.KubeletWired {
 		restored := false
 		for _, b := range st.Backups {
 			orig, err := hoststate.ReadBounded(root.Path(b.BackupPath), maxKubeletFileBytes)
