@@ -52,6 +52,9 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("start test bed: needs root (containerd, runc and overlay mounts)")
+	}
 	tools, err := FindTools()
 	if err != nil {
 		return nil, err
