@@ -358,6 +358,25 @@ func TestBypassTagMovedAfterVerification(t *testing.T) {
 	if swapped, err := proxy.Swapped(); !swapped || err != nil {
 		t.Fatalf("the tag was not moved during the pull (swapped %v, err %v)", swapped, err)
 	}
+	// Once the tag had moved, nobody asked the registry for it again: containerd fetched the
+	// verified digest.
+	served := proxy.Requests()
+	t.Logf("requests the registry front served during the pull:\n%s", strings.Join(served, "\n"))
+	moved := false
+	fetchedPinned := false
+	for _, req := range served {
+		switch {
+		case req == "(tag moved)":
+			moved = true
+		case moved && strings.HasSuffix(req, "/manifests/v1"):
+			t.Errorf("the moved tag was fetched after the swap (%s): the pull was not pinned", req)
+		case moved && strings.HasSuffix(req, "/manifests/"+signed.Digest):
+			fetchedPinned = true
+		}
+	}
+	if !fetchedPinned {
+		t.Errorf("containerd never fetched the verified manifest %s by digest after the swap", signed.Digest)
+	}
 	// The attack happened: the registry now serves the unsigned image under the tag.
 	if d, err := repo.Resolve(ctx, "v1"); err != nil || d.Digest.String() != evil.Digest {
 		t.Fatalf("registry tag v1 after the swap: %v %v, want %s", d.Digest, err, evil.Digest)

@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/pullguard/pullguard/integration/testbed"
 	"github.com/pullguard/pullguard/plugin/registry/registrytest"
@@ -34,10 +37,13 @@ type report struct {
 }
 
 // attachReport renders r for img, attaches it as a referrer of img's digest (as a scanner's CI
-// step does with oras) and signs the report with r.signer.
-func attachReport(t *testing.T, img testbed.PushedImage, r report) {
+// step does with oras) and signs the report with r.signer. repo nil: a client for img's
+// repository on the bed's registry.
+func attachReport(t *testing.T, repo *remote.Repository, img testbed.PushedImage, r report) {
 	t.Helper()
-	repo := repoClient(t, img.Ref, nil)
+	if repo == nil {
+		repo = repoClient(t, img.Ref, nil)
+	}
 	subj := describe(t, repo, img)
 	created := time.Now().Add(-r.age)
 	scan := vatest.Scan{ScannerVersion: "0.58.1", Created: created, Image: img.Pinned(), Vulns: r.vulns}
@@ -66,6 +72,7 @@ func TestVADecisions(t *testing.T) {
 		va("expired", vaKnobs{allow: []exemption{{id: critical.ID, expires: day(-1)}}}),
 		va("stale", vaKnobs{}),
 		va("unsigned", vaKnobs{}),
+		va("unsigned-ok", vaKnobs{requireSigned: new(false)}),
 		va("wrong-signer", vaKnobs{}),
 		va("none-deny", vaKnobs{}),
 		va("none-allow", vaKnobs{unscanned: "allow"}),
@@ -93,6 +100,7 @@ func TestVADecisions(t *testing.T) {
 			[]string{"stale", "max_report_age"}},
 		{"unsigned report", "unsigned/app", false, &report{sarifMediaType, time.Hour, []vatest.Vuln{medium}, nil}, false,
 			[]string{"no trustworthy vulnerability report", "report not signed by a scanner signer", "found no signature"}},
+		{"unsigned report, signing not required", "unsigned-ok/app", false, &report{sarifMediaType, time.Hour, []vatest.Vuln{medium}, nil}, true, nil},
 		{"report signed by an image signer, not a scanner", "wrong-signer/app", false, &report{sarifMediaType, time.Hour, []vatest.Vuln{medium}, k.releaseLeaf}, false,
 			[]string{"no trustworthy vulnerability report", "report not signed by a scanner signer"}},
 		{"no report, unscanned = deny", "none-deny/app", false, nil, false, []string{"unscanned = deny"}},
@@ -112,7 +120,7 @@ func TestVADecisions(t *testing.T) {
 				sign(t, img, k.releaseLeaf, trusttest.JWS, nil)
 			}
 			if tc.report != nil {
-				attachReport(t, img, *tc.report)
+				attachReport(t, nil, img, *tc.report)
 			}
 			r := pullIn(t, ctx, b, pg, "va", "va", img.Ref)
 			if !tc.admit {
@@ -126,4 +134,34 @@ func TestVADecisions(t *testing.T) {
 			assertPinnedPull(t, b, pg, img)
 		})
 	}
+}
+
+// TestVAReferrersAPIRegistry: reports and their signatures found through the OCI referrers API
+// (in-process registry; nothing under the tag schema), containerd pulling from it.
+func TestVAReferrersAPIRegistry(t *testing.T) {
+	t.Parallel()
+	b := sharedBed(t)
+	ctx := testCtx(t)
+	k := newSigningKit(t)
+	srv := registrytest.Start(t, registrytest.Config{Referrers: true})
+	if err := b.AllowPlainHTTP(srv.Host); err != nil {
+		t.Fatal(err)
+	}
+	reg := testbed.RegistryAt(srv.Host, nil)
+	clean := pushTinyTo(t, reg, "varef/clean:v1")
+	vulnerable := pushTinyTo(t, reg, "varef/vulnerable:v1")
+	attachReport(t, srv.Repo(t, "varef/clean"), clean, report{sarifMediaType, time.Hour, []vatest.Vuln{medium}, k.scannerLeaf})
+	attachReport(t, srv.Repo(t, "varef/vulnerable"), vulnerable, report{trivyJSONMediaType, time.Hour, []vatest.Vuln{critical}, k.scannerLeaf})
+	if _, err := srv.Repo(t, "varef/clean").Resolve(ctx, strings.Replace(clean.Digest, ":", "-", 1)); err == nil {
+		t.Fatalf("a referrers tag-schema index exists for %s; the test would not exercise the referrers API", clean.Digest)
+	}
+	pg := startPullguard(t, b, testbed.PullguardOptions{Config: k.configTOML() +
+		policyTOML("varef", "varef", entry{name: srv.Host + "/varef/*", va: &vaKnobs{}})})
+
+	if r := pullIn(t, ctx, b, pg, "varef", "vr", clean.Ref); r.Err != nil {
+		t.Fatalf("pull of an image with a clean signed report (referrers API): %v", r)
+	}
+	assertPinnedPull(t, b, pg, clean)
+	assertDenial(t, pullIn(t, ctx, b, pg, "varef", "vr", vulnerable.Ref), denialPrefix, "CVE-2024-0001", "openssl")
+	assertDeniedPullLeftNothing(t, ctx, b, vulnerable)
 }
