@@ -115,14 +115,15 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	}
 	// The sandbox image must be present before the first RunPodSandbox (and a registry with
 	// auth would refuse containerd's anonymous pull of it).
-	if r := b.Crictl.Run(ctx, append(b.CredsArgs(), "pull", b.Pause.Ref)...); r.Err != nil {
+	if r := b.Crictl.Run(ctx, append(append([]string{"pull"}, b.CredsArgs()...), b.Pause.Ref)...); r.Err != nil {
 		return nil, fmt.Errorf("pull pause image into containerd: %w\n%s", r.Err, r.Output())
 	}
 	log.Info("bed ready", "dir", dir, "took", time.Since(start).Round(time.Millisecond))
 	return b, nil
 }
 
-// CredsArgs are crictl's --creds flags for the registry's user, or nothing for an open registry.
+// CredsArgs are `crictl pull`'s --creds flag for the registry's user (nothing for an open
+// registry); they go after "pull".
 func (b *Bed) CredsArgs() []string {
 	if b.Registry == nil || b.Registry.Auth == nil {
 		return nil

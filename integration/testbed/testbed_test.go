@@ -135,3 +135,36 @@ func procsMentioning(s string) []string {
 	}
 	return out
 }
+
+// TestBedRegistryAuth: a bed whose registry requires a user still starts (pause pulled with
+// credentials), pushes with them, and containerd pulls only with them.
+func TestBedRegistryAuth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: needs containerd, registry and crictl (skipped with -short)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	b, err := testbed.Start(ctx, testbed.Options{RegistryAuth: &testbed.BasicAuth{Username: "puller", Password: "s3cret"}})
+	if err != nil {
+		t.Fatalf("start bed with registry auth: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(context.Background()); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	img, err := testbed.TinyImage("auth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.Registry.Push(ctx, "auth/tiny:1", img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := b.Crictl.Run(ctx, "pull", p.Ref); r.Err == nil {
+		t.Fatalf("anonymous pull from a registry requiring auth succeeded: %v", r)
+	}
+	if r := b.Crictl.Run(ctx, append(append([]string{"pull"}, b.CredsArgs()...), p.Ref)...); r.Err != nil {
+		t.Fatalf("pull with credentials: %v", r)
+	}
+}
