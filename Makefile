@@ -49,7 +49,7 @@ lint:
 
 image: build
 	@test -n "$(REGISTRY)" || { echo "usage: make image REGISTRY=host:port/repo"; exit 2; }
-	$(GO) run ./cmd/pullguard image --binary $(BIN)/pullguard --registry $(REGISTRY)
+	$(BIN)/pullguard image --binary $(BIN)/pullguard --ref $(REGISTRY)
 
 clean:
 	rm -rf $(BIN)

@@ -25,6 +25,7 @@ func commands() map[string]command {
 		"install":         {runInstall, "install pullguard as a host service and point kubelet at it"},
 		"uninstall":       {runUninstall, "restore kubelet's configuration and remove pullguard from the host"},
 		"sync":            {runSync, "keep the host config in sync with a mounted ConfigMap"},
+		"policy-sync":     {runPolicySync, "render ImagePolicy / ClusterImagePolicy objects into the node's policy directory"},
 		"image":           {runImage, "build pullguard's container image and push it"},
 		"version":         {runVersion, "print the version"},
 	}
@@ -62,7 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: pullguard COMMAND [flags]")
 	fmt.Fprintln(w, "commands:")
-	for _, name := range []string{"serve", "check", "validate-config", "install", "uninstall", "sync", "image", "version"} {
+	for _, name := range []string{"serve", "check", "validate-config", "install", "uninstall", "sync", "policy-sync", "image", "version"} {
 		fmt.Fprintf(w, "  %-16s %s\n", name, commands()[name].summary)
 	}
 }
