@@ -34,6 +34,7 @@ type options struct {
 	strict     bool
 	verbose    bool
 	relay      bool
+	pgProcs    int
 }
 
 func main() {
@@ -45,6 +46,7 @@ func main() {
 	flag.BoolVar(&o.strict, "strict", false, "exit 1 when a target is missed")
 	flag.BoolVar(&o.verbose, "v", false, "log test-bed progress")
 	flag.BoolVar(&o.relay, "relay", true, "also time a byte-copying relay process: the floor of any extra hop on this machine")
+	flag.IntVar(&o.pgProcs, "pullguard-gomaxprocs", 0, "GOMAXPROCS for the pullguard process (0: Go's default)")
 	relayServe := flag.String("relay-serve", "", "internal: run as the relay, listening on this socket")
 	relayUpstream := flag.String("relay-upstream", "", "internal: the relay's upstream socket")
 	flag.Parse()
@@ -97,7 +99,7 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 		return false, fmt.Errorf("create pods: %w", err)
 	}
 
-	proxySock, stopProxy, err := startProxy(ctx, bed, o.proxyMode)
+	proxySock, proxyPid, stopProxy, err := startProxy(ctx, bed, o)
 	if err != nil {
 		return false, err
 	}
@@ -113,13 +115,17 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 		return false, err
 	}
 	defer via.Close()
-	var relayed *testbed.CRIClient
+	var (
+		relayed  *testbed.CRIClient
+		relayPid int
+	)
 	if o.relay {
-		sock, stopRelay, err := startRelay(ctx, bed.Dir, bed.Containerd.Socket)
+		sock, pid, stopRelay, err := startRelay(ctx, bed.Dir, bed.Containerd.Socket)
 		if err != nil {
 			return false, err
 		}
 		defer stopRelay()
+		relayPid = pid
 		if relayed, err = testbed.DialCRI(sock); err != nil {
 			return false, err
 		}
@@ -133,48 +139,56 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 	results := make([]result, 0, len(calls))
 	for _, c := range calls {
 		fmt.Fprintf(os.Stderr, "measuring %s...\n", c.name)
+		pgCPU, relayCPU := startCPU(proxyPid), startCPU(relayPid)
 		r, err := measure(ctx, c, direct, via, relayed, o.warmup, o.iterations)
 		if err != nil {
 			return false, fmt.Errorf("measure %s: %w", c.name, err)
 		}
+		r.proxyCPU = pgCPU.perCall(o.warmup + o.iterations)
+		r.relayCPU = relayCPU.perCall(o.warmup + o.iterations)
 		results = append(results, r)
 	}
 	header := fmt.Sprintf("pullguard CRI pass-through overhead: containerd v2.4.2, %d pod sandboxes, %d containers, "+
-		"%d interleaved iterations per call and target after %d warm-up, proxy=%s, %d CPUs, load average before/after %s / %s",
-		len(bulk.PodIDs), len(bulk.ContainerIDs), o.iterations, o.warmup, o.proxyMode, numCPU(), loadBefore, loadAverage())
+		"%d interleaved iterations per call and target after %d warm-up, proxy=%s (pullguard GOMAXPROCS %s), %d CPUs, load average before/after %s / %s",
+		len(bulk.PodIDs), len(bulk.ContainerIDs), o.iterations, o.warmup, o.proxyMode, procsLabel(o.pgProcs), numCPU(), loadBefore, loadAverage())
 	return printReport(os.Stdout, header, results), nil
 }
 
-// startProxy starts pullguard in front of the bed's containerd and returns its socket.
-func startProxy(ctx context.Context, bed *testbed.Bed, mode string) (string, func(), error) {
-	switch mode {
+// startProxy starts pullguard in front of the bed's containerd and returns its socket and, when
+// it runs as its own process, its pid.
+func startProxy(ctx context.Context, bed *testbed.Bed, o options) (string, int, func(), error) {
+	switch o.proxyMode {
 	case "binary":
-		// No policies: the measured calls are never gated.
-		pg, err := bed.StartPullguard(ctx, testbed.PullguardOptions{})
-		if err != nil {
-			return "", nil, fmt.Errorf("start pullguard (try -proxy inprocess to measure the proxy package alone): %w", err)
+		var env []string
+		if o.pgProcs > 0 {
+			env = append(env, fmt.Sprintf("GOMAXPROCS=%d", o.pgProcs))
 		}
-		return pg.Socket, func() { _ = pg.Stop() }, nil
+		// No policies: the measured calls are never gated.
+		pg, err := bed.StartPullguard(ctx, testbed.PullguardOptions{Env: env})
+		if err != nil {
+			return "", 0, nil, fmt.Errorf("start pullguard (try -proxy inprocess to measure the proxy package alone): %w", err)
+		}
+		return pg.Socket, pg.Process().Pid(), func() { _ = pg.Stop() }, nil
 	case "inprocess":
 		srv, err := proxy.New(proxy.Options{Upstream: bed.Containerd.Socket})
 		if err != nil {
-			return "", nil, fmt.Errorf("create in-process proxy: %w", err)
+			return "", 0, nil, fmt.Errorf("create in-process proxy: %w", err)
 		}
 		sock := filepath.Join(bed.Dir, "benchpg", "pg.sock")
 		l, err := proxy.Listen(sock, 0, "")
 		if err != nil {
-			return "", nil, err
+			return "", 0, nil, err
 		}
 		served := make(chan error, 1)
 		go func() { served <- srv.Serve(l) }()
-		return sock, func() {
+		return sock, 0, func() {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
 			_ = srv.Shutdown(sctx)
 			<-served
 		}, nil
 	default:
-		return "", nil, fmt.Errorf("unknown -proxy %q (binary or inprocess)", mode)
+		return "", 0, nil, fmt.Errorf("unknown -proxy %q (binary or inprocess)", o.proxyMode)
 	}
 }
 
@@ -230,4 +244,11 @@ func loadAverage() string {
 		return f[0]
 	}
 	return "?"
+}
+
+func procsLabel(n int) string {
+	if n <= 0 {
+		return "default"
+	}
+	return fmt.Sprint(n)
 }

@@ -29,6 +29,8 @@ type result struct {
 	call          benchCall
 	direct, proxy latencies
 	relay         *latencies // nil when not measured
+	// CPU time per call of the pullguard and relay processes (0: not measured).
+	proxyCPU, relayCPU time.Duration
 }
 
 func (r result) added() time.Duration { return r.proxy.p50 - r.direct.p50 }
@@ -102,7 +104,7 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 func printReport(w io.Writer, header string, results []result) (missed bool) {
 	fmt.Fprintln(w, header)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "call\tdirect p50\tdirect p99\tproxy p50\tproxy p99\tadded p50\tratio p50\ttarget\trelay p50\trelay added\t")
+	fmt.Fprintln(tw, "call\tdirect p50\tdirect p99\tproxy p50\tproxy p99\tadded p50\tratio p50\ttarget\trelay p50\trelay added\tpullguard CPU/call\trelay CPU/call\t")
 	for _, r := range results {
 		verdict := "-"
 		if r.call.target {
@@ -116,14 +118,22 @@ func printReport(w io.Writer, header string, results []result) (missed bool) {
 		if r.relay != nil {
 			relayP50, relayAdded = us(r.relay.p50), signedUS(r.relay.p50-r.direct.p50)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\t%s\t\n", r.call.name,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t\n", r.call.name,
 			us(r.direct.p50), us(r.direct.p99), us(r.proxy.p50), us(r.proxy.p99), signedUS(r.added()), r.ratio(), verdict,
-			relayP50, relayAdded)
+			relayP50, relayAdded, cpuUS(r.proxyCPU), cpuUS(r.relayCPU))
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "targets (ListContainers): p50 added <= %s and p50 ratio <= %.1f\n", us(maxAddedP50), maxRatioP50)
 	fmt.Fprintln(w, "relay = a separate process copying bytes to containerd, no gRPC: what any extra hop costs on this machine now")
+	fmt.Fprintln(w, "CPU/call = the process's CPU time (all threads) over the warm-up and timed calls, per call it carried")
 	return missed
+}
+
+func cpuUS(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond))
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond)) }

@@ -49,17 +49,17 @@ func pipe(c net.Conn, upstream string) {
 }
 
 // startRelay starts this program again as a relay in front of upstream and waits until its
-// socket answers.
-func startRelay(ctx context.Context, dir, upstream string) (string, func(), error) {
+// socket answers. It returns the socket and the relay's pid.
+func startRelay(ctx context.Context, dir, upstream string) (string, int, func(), error) {
 	self, err := os.Executable()
 	if err != nil {
-		return "", nil, fmt.Errorf("start relay: %w", err)
+		return "", 0, nil, fmt.Errorf("start relay: %w", err)
 	}
 	sock := filepath.Join(dir, "relay.sock")
 	cmd := exec.Command(self, "-relay-serve", sock, "-relay-upstream", upstream)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("start relay: %w", err)
+		return "", 0, nil, fmt.Errorf("start relay: %w", err)
 	}
 	stop := func() {
 		_ = cmd.Process.Kill()
@@ -71,11 +71,11 @@ func startRelay(ctx context.Context, dir, upstream string) (string, func(), erro
 		c, err := net.Dial("unix", sock)
 		if err == nil {
 			_ = c.Close()
-			return sock, stop, nil
+			return sock, cmd.Process.Pid, stop, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			stop()
-			return "", nil, errors.Join(fmt.Errorf("relay on %s did not come up", sock), err, ctx.Err())
+			return "", 0, nil, errors.Join(fmt.Errorf("relay on %s did not come up", sock), err, ctx.Err())
 		}
 		<-time.After(20 * time.Millisecond) // poll interval
 	}
