@@ -164,7 +164,9 @@ func createNames(spec *runtimeapi.ImageSpec, img *runtimeapi.Image) []nameDigest
 	}
 	var candidates []string
 	switch {
-	case spec.GetUserSpecifiedImage() != "":
+	// crictl (and a pod naming its image by ID) sends the image ID as the
+	// user-specified string: that is no name either.
+	case spec.GetUserSpecifiedImage() != "" && !isImageID(spec.GetUserSpecifiedImage()):
 		candidates = []string{spec.GetUserSpecifiedImage()}
 	case !isImageID(spec.GetImage()):
 		candidates = []string{spec.GetImage()}
