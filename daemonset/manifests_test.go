@@ -212,7 +212,7 @@ func TestBaseRendersAndFitsTogether(t *testing.T) {
 			t.Errorf("role is not limited to named ConfigMaps")
 		}
 		for _, n := range rule.ResourceNames {
-			if cmNames[n] == nil {
+			if cmNames[n] == nil && !optionalConfigMap(pod, n) {
 				t.Errorf("role names ConfigMap %q which does not exist", n)
 			}
 		}
@@ -223,6 +223,9 @@ func TestBaseRendersAndFitsTogether(t *testing.T) {
 		volumes[v.Name] = v
 		if v.ConfigMap != nil {
 			cm := cmNames[v.ConfigMap.Name]
+			if cm == nil && v.ConfigMap.Optional != nil && *v.ConfigMap.Optional {
+				continue
+			}
 			if cm == nil {
 				t.Errorf("volume %s uses ConfigMap %q which does not exist", v.Name, v.ConfigMap.Name)
 				continue
@@ -271,6 +274,9 @@ func TestBaseRendersAndFitsTogether(t *testing.T) {
 		if v := volumes[mountAt(c, "/etc/pullguard-src/policies")]; v.ConfigMap == nil || len(cmNames[v.ConfigMap.Name].Data) == 0 {
 			t.Errorf("%s: no policies under /etc/pullguard-src/policies", c.Name)
 		}
+		if v := volumes[mountAt(c, "/etc/pullguard-src/truststore")]; v.ConfigMap == nil || v.ConfigMap.Name != "pullguard-truststore" {
+			t.Errorf("%s: optional trust store ConfigMap not at /etc/pullguard-src/truststore", c.Name)
+		}
 	}
 	if sync.SecurityContext == nil || sync.SecurityContext.Privileged == nil || *sync.SecurityContext.Privileged {
 		t.Error("the long-running sync container must not be privileged")
@@ -296,6 +302,15 @@ func byName[T any](t *testing.T, objs []T, name string, meta func(T) metav1.Obje
 	var zero T
 	t.Fatalf("no %T named %q in the rendered objects", zero, name)
 	return zero
+}
+
+func optionalConfigMap(pod corev1.PodSpec, name string) bool {
+	for _, v := range pod.Volumes {
+		if v.ConfigMap != nil && v.ConfigMap.Name == name && v.ConfigMap.Optional != nil && *v.ConfigMap.Optional {
+			return true
+		}
+	}
+	return false
 }
 
 func mountAt(c corev1.Container, path string) string {

@@ -24,7 +24,7 @@ const (
 // sourceFlags are the flags install and sync share: where the config and
 // policies come from and where the host is.
 type sourceFlags struct {
-	hostRoot, source, config, policies string
+	hostRoot, source, config, policies, truststore string
 }
 
 func (s *sourceFlags) register(fs *flag.FlagSet) {
@@ -32,20 +32,24 @@ func (s *sourceFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.source, "source", defaultSource, "dir holding config/config.toml and policies/ (the mounted ConfigMaps)")
 	fs.StringVar(&s.config, "config", "", "config.toml to install (default SOURCE/config/config.toml)")
 	fs.StringVar(&s.policies, "policies", "", "dir of policy files to install (default SOURCE/policies; \"-\" for none)")
+	fs.StringVar(&s.truststore, "truststore", "", "dir of SIGNER.pem files installed as /etc/pullguard/truststore/SIGNER (default SOURCE/truststore; \"-\" or missing: not managed)")
 }
 
-func (s *sourceFlags) paths() (config, policies string) {
-	config, policies = s.config, s.policies
+func (s *sourceFlags) paths() (config, policies, truststore string) {
+	config = s.config
 	if config == "" {
 		config = filepath.Join(s.source, "config", "config.toml")
 	}
-	switch policies {
-	case "":
-		policies = filepath.Join(s.source, "policies")
-	case "-":
-		policies = ""
+	dirOr := func(v, def string) string {
+		switch v {
+		case "":
+			return filepath.Join(s.source, def)
+		case "-":
+			return ""
+		}
+		return v
 	}
-	return config, policies
+	return config, dirOr(s.policies, "policies"), dirOr(s.truststore, "truststore")
 }
 
 func jsonLogger(w io.Writer) *slog.Logger {
@@ -76,9 +80,9 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		*binary = exe
 	}
 	root := hoststate.Root(src.hostRoot)
-	cfg, pol := src.paths()
+	cfg, pol, trust := src.paths()
 	res, err := installer.Install(ctx, installer.Options{
-		Root: root, Binary: *binary, ConfigFile: cfg, PoliciesDir: pol,
+		Root: root, Binary: *binary, ConfigFile: cfg, PoliciesDir: pol, TruststoreDir: trust,
 		Validate: func(_ context.Context, b *bundle.Bundle, upstream string) error {
 			return b.Validate(root, upstream)
 		},

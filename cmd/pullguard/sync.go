@@ -22,9 +22,9 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	root := hoststate.Root(src.hostRoot)
-	cfg, pol := src.paths()
+	cfg, pol, trust := src.paths()
 	s, err := configsync.New(configsync.Options{
-		Root: root, ConfigFile: cfg, PoliciesDir: pol, Interval: *interval,
+		Root: root, ConfigFile: cfg, PoliciesDir: pol, TruststoreDir: trust, Interval: *interval,
 		Validate: func(_ context.Context, b *bundle.Bundle, upstream string) error {
 			return b.Validate(root, upstream)
 		},

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -28,10 +29,24 @@ const (
 // policy.LoadDir reads.
 var policyExtensions = []string{".yaml", ".yml", ".toml"}
 
-// Bundle is one snapshot of node config and policies.
+// Bundle is one snapshot of node config, policies and trust stores.
 type Bundle struct {
 	Config   []byte
 	Policies map[string][]byte // file name -> content
+	// Truststores maps a signer name to its PEM bundle; installed as
+	// /etc/pullguard/truststore/<signer>/<signer>.pem. Only used when
+	// TruststoresManaged (the source has a trust store dir).
+	Truststores        map[string][]byte
+	TruststoresManaged bool
+}
+
+// Source says where a bundle is read from (the DaemonSet's ConfigMap mounts).
+type Source struct {
+	ConfigFile  string // config.toml
+	PoliciesDir string // policy files; empty: none
+	// TruststoreDir holds one <signer>.pem (or .crt) per signer; empty or
+	// missing: trust stores are not managed by the DaemonSet.
+	TruststoreDir string
 }
 
 // Hash identifies the content, independent of where it was read from.
@@ -43,61 +58,96 @@ func (b *Bundle) Hash() string {
 		fmt.Fprintf(h, "\npolicy %q %d\n", name, len(b.Policies[name]))
 		h.Write(b.Policies[name])
 	}
+	fmt.Fprintf(h, "\ntruststores managed=%t\n", b.TruststoresManaged)
+	for _, name := range sortedKeys(b.Truststores) {
+		fmt.Fprintf(h, "\ntruststore %q %d\n", name, len(b.Truststores[name]))
+		h.Write(b.Truststores[name])
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
 // PolicyNames returns the policy file names in sorted order.
-func (b *Bundle) PolicyNames() []string {
-	names := make([]string, 0, len(b.Policies))
-	for n := range b.Policies {
+func (b *Bundle) PolicyNames() []string { return sortedKeys(b.Policies) }
+
+func sortedKeys(m map[string][]byte) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
 		names = append(names, n)
 	}
 	slices.Sort(names)
 	return names
 }
 
-// Read takes a snapshot of configFile and the policy files in policiesDir
-// (empty: no policies). Inside a ConfigMap volume every file is a symlink
-// through ..data; reading through the resolved ..data directory once keeps
-// the snapshot from straddling an update.
-func Read(configFile, policiesDir string) (*Bundle, error) {
-	cfgDir := stableDir(filepath.Dir(configFile))
-	cfg, err := hoststate.ReadBounded(filepath.Join(cfgDir, filepath.Base(configFile)), MaxFileBytes)
+// Read takes a snapshot of the source. Inside a ConfigMap volume every file
+// is a symlink through ..data; reading through the resolved ..data directory
+// once keeps the snapshot from straddling an update.
+func Read(src Source) (*Bundle, error) {
+	cfgDir := stableDir(filepath.Dir(src.ConfigFile))
+	cfg, err := hoststate.ReadBounded(filepath.Join(cfgDir, filepath.Base(src.ConfigFile)), MaxFileBytes)
 	if err != nil {
-		return nil, fmt.Errorf("read config %s: %w", configFile, err)
+		return nil, fmt.Errorf("read config %s: %w", src.ConfigFile, err)
 	}
-	b := &Bundle{Config: cfg, Policies: map[string][]byte{}}
-	if policiesDir == "" {
-		return b, nil
+	b := &Bundle{Config: cfg, Policies: map[string][]byte{}, Truststores: map[string][]byte{}}
+	if src.PoliciesDir != "" {
+		if b.Policies, err = readDir(src.PoliciesDir, policyExtensions, func(name string) string { return name }); err != nil {
+			return nil, fmt.Errorf("read policies: %w", err)
+		}
 	}
-	dir := stableDir(policiesDir)
-	entries, err := os.ReadDir(dir)
+	if src.TruststoreDir != "" {
+		if _, err := os.Stat(src.TruststoreDir); err == nil {
+			b.TruststoresManaged = true
+			if b.Truststores, err = readDir(src.TruststoreDir, []string{".pem", ".crt"}, func(name string) string {
+				return strings.TrimSuffix(name, filepath.Ext(name))
+			}); err != nil {
+				return nil, fmt.Errorf("read trust stores: %w", err)
+			}
+			for signer := range b.Truststores {
+				if !signerNameRE.MatchString(signer) {
+					return nil, fmt.Errorf("read trust stores: %q is not a valid signer name", signer)
+				}
+			}
+		}
+	}
+	return b, nil
+}
+
+var signerNameRE = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
+
+// readDir reads the regular files with one of exts, keyed by key(name).
+func readDir(dir string, exts []string, key func(string) string) (map[string][]byte, error) {
+	stable := stableDir(dir)
+	entries, err := os.ReadDir(stable)
 	if err != nil {
-		return nil, fmt.Errorf("read policies dir %s: %w", policiesDir, err)
+		return nil, err
 	}
+	out := map[string][]byte{}
 	for _, e := range entries {
 		name := e.Name()
-		if strings.HasPrefix(name, ".") || !slices.Contains(policyExtensions, strings.ToLower(filepath.Ext(name))) {
+		if strings.HasPrefix(name, ".") || !slices.Contains(exts, strings.ToLower(filepath.Ext(name))) {
 			continue
 		}
-		p := filepath.Join(dir, name)
+		p := filepath.Join(stable, name)
 		fi, err := os.Stat(p) // follows the ConfigMap's symlinks
 		if err != nil {
-			return nil, fmt.Errorf("stat policy %s: %w", p, err)
+			return nil, fmt.Errorf("stat %s: %w", p, err)
 		}
 		if !fi.Mode().IsRegular() {
 			continue
 		}
-		if len(b.Policies) >= MaxPolicyFiles {
-			return nil, fmt.Errorf("read policies dir %s: more than %d policy files", policiesDir, MaxPolicyFiles)
+		if len(out) >= MaxPolicyFiles {
+			return nil, fmt.Errorf("more than %d files in %s", MaxPolicyFiles, dir)
+		}
+		k := key(name)
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("%s: two files for %q", dir, k)
 		}
 		data, err := hoststate.ReadBounded(p, MaxFileBytes)
 		if err != nil {
-			return nil, fmt.Errorf("read policy %s: %w", p, err)
+			return nil, fmt.Errorf("read %s: %w", p, err)
 		}
-		b.Policies[name] = data
+		out[k] = data
 	}
-	return b, nil
+	return out, nil
 }
 
 // stableDir resolves a ConfigMap volume's ..data link when there is one.
@@ -111,13 +161,10 @@ func stableDir(dir string) string {
 	return dir
 }
 
-// policiesPrefix names the content-addressed policy dirs next to the
-// policies symlink.
-const policiesPrefix = ".policies-"
-
-// WriteToHost installs the bundle under root: the policies as a directory
-// that /etc/pullguard/policies (a symlink) is swapped to in one rename, then
-// config.toml via temp file and rename. When upstream is not empty it
+// WriteToHost installs the bundle under root: the policies (and managed
+// trust stores) as directories that /etc/pullguard/policies (and
+// /etc/pullguard/truststore), symlinks, are swapped to in one rename each,
+// then config.toml via temp file and rename. When upstream is not empty it
 // replaces [server].upstream (the node's runtime endpoint is a fact of the
 // node, not of the ConfigMap). It reports whether anything changed.
 func (b *Bundle) WriteToHost(root hoststate.Root, upstream string) (bool, error) {
@@ -132,14 +179,27 @@ func (b *Bundle) WriteToHost(root hoststate.Root, upstream string) (bool, error)
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
 		return false, fmt.Errorf("create %s: %w", confDir, err)
 	}
-	policiesChanged, err := b.writePolicies(confDir)
-	if err != nil {
-		return false, err
+	changed := false
+	if b.managesTruststores(root) {
+		files := map[string][]byte{}
+		for signer, pem := range b.Truststores {
+			files[signer+"/"+signer+".pem"] = pem
+		}
+		c, err := writeTree(root.Path(hoststate.TruststorePath), files)
+		if err != nil {
+			return false, fmt.Errorf("install trust stores: %w", err)
+		}
+		changed = changed || c
 	}
+	c, err := writeTree(root.Path(hoststate.PoliciesPath), b.Policies)
+	if err != nil {
+		return false, fmt.Errorf("install policies: %w", err)
+	}
+	changed = changed || c
 	cfgPath := root.Path(hoststate.ConfigPath)
 	old, err := os.ReadFile(cfgPath)
 	if err == nil && string(old) == string(cfg) {
-		return policiesChanged, nil
+		return changed, nil
 	}
 	if err := hoststate.WriteFileAtomic(cfgPath, cfg, 0o644); err != nil {
 		return false, fmt.Errorf("install config: %w", err)
@@ -147,51 +207,76 @@ func (b *Bundle) WriteToHost(root hoststate.Root, upstream string) (bool, error)
 	return true, nil
 }
 
-func (b *Bundle) writePolicies(confDir string) (bool, error) {
-	h := sha256.New()
-	for _, name := range b.PolicyNames() {
-		fmt.Fprintf(h, "%q %d\n", name, len(b.Policies[name]))
-		h.Write(b.Policies[name])
+// managesTruststores says whether the bundle owns /etc/pullguard/truststore
+// on this host. Certificates provisioned there by hand (a real directory,
+// not our symlink) stay until the ConfigMap names at least one signer.
+func (b *Bundle) managesTruststores(root hoststate.Root) bool {
+	if !b.TruststoresManaged {
+		return false
 	}
-	target := policiesPrefix + hex.EncodeToString(h.Sum(nil))[:16]
-	link := filepath.Join(confDir, filepath.Base(hoststate.PoliciesPath))
+	if len(b.Truststores) > 0 {
+		return true
+	}
+	fi, err := os.Lstat(root.Path(hoststate.TruststorePath))
+	return !(err == nil && fi.IsDir())
+}
+
+// writeTree makes link a symlink to a sibling directory holding exactly
+// files (relative path -> content). The directory is named after the
+// content, so an unchanged tree is detected without rewriting it, and a
+// change is one atomic rename of the link.
+func writeTree(link string, files map[string][]byte) (bool, error) {
+	parent, base := filepath.Split(link)
+	prefix := "." + base + "-"
+	h := sha256.New()
+	for _, name := range sortedKeys(files) {
+		fmt.Fprintf(h, "%q %d\n", name, len(files[name]))
+		h.Write(files[name])
+	}
+	target := prefix + hex.EncodeToString(h.Sum(nil))[:16]
 	if cur, err := os.Readlink(link); err == nil && cur == target {
-		if _, err := os.Stat(filepath.Join(confDir, target)); err == nil {
+		if _, err := os.Stat(filepath.Join(parent, target)); err == nil {
 			return false, nil
 		}
 	}
-	dir := filepath.Join(confDir, target)
+	dir := filepath.Join(parent, target)
 	if err := os.RemoveAll(dir); err != nil {
 		return false, fmt.Errorf("clear %s: %w", dir, err)
 	}
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return false, fmt.Errorf("create %s: %w", dir, err)
 	}
-	for _, name := range b.PolicyNames() {
-		if err := os.WriteFile(filepath.Join(dir, name), b.Policies[name], 0o644); err != nil {
-			return false, fmt.Errorf("write policy %s: %w", name, err)
+	for _, name := range sortedKeys(files) {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return false, fmt.Errorf("create %s: %w", filepath.Dir(p), err)
+		}
+		if err := os.WriteFile(p, files[name], 0o644); err != nil {
+			return false, fmt.Errorf("write %s: %w", name, err)
 		}
 	}
 	// A real directory at the link's place (written by hand or by an older
 	// installer) cannot be replaced by rename; move it aside once.
+	previous := prefix + "previous"
 	if fi, err := os.Lstat(link); err == nil && fi.IsDir() {
-		if err := os.Rename(link, filepath.Join(confDir, policiesPrefix+"previous")); err != nil {
+		_ = os.RemoveAll(filepath.Join(parent, previous))
+		if err := os.Rename(link, filepath.Join(parent, previous)); err != nil {
 			return false, fmt.Errorf("move aside %s: %w", link, err)
 		}
 	}
 	tmp := link + ".tmp"
 	_ = os.Remove(tmp)
 	if err := os.Symlink(target, tmp); err != nil {
-		return false, fmt.Errorf("link policies: %w", err)
+		return false, fmt.Errorf("link %s: %w", link, err)
 	}
 	if err := os.Rename(tmp, link); err != nil {
-		return false, fmt.Errorf("swap policies link: %w", err)
+		return false, fmt.Errorf("swap %s: %w", link, err)
 	}
 	// Old snapshots are garbage now; failing to delete them is harmless.
-	if entries, err := os.ReadDir(confDir); err == nil {
+	if entries, err := os.ReadDir(parent); err == nil {
 		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), policiesPrefix) && e.Name() != target && e.Name() != policiesPrefix+"previous" {
-				_ = os.RemoveAll(filepath.Join(confDir, e.Name()))
+			if strings.HasPrefix(e.Name(), prefix) && e.Name() != target && e.Name() != previous {
+				_ = os.RemoveAll(filepath.Join(parent, e.Name()))
 			}
 		}
 	}

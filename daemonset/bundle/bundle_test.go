@@ -62,7 +62,7 @@ func TestReadConfigMapLayout(t *testing.T) {
 	cfgDir, polDir := t.TempDir(), t.TempDir()
 	configMapDir(t, cfgDir, map[string]string{"config.toml": goodConfig})
 	configMapDir(t, polDir, map[string]string{"cluster.yaml": clusterPolicy, "notes.txt": "ignored"})
-	b, err := Read(filepath.Join(cfgDir, "config.toml"), polDir)
+	b, err := Read(Source{ConfigFile: filepath.Join(cfgDir, "config.toml"), PoliciesDir: polDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestReadConfigMapLayout(t *testing.T) {
 	}
 	h := b.Hash()
 	configMapDir(t, cfgDir, map[string]string{"config.toml": goodConfig + "\n# changed\n"})
-	b2, err := Read(filepath.Join(cfgDir, "config.toml"), polDir)
+	b2, err := Read(Source{ConfigFile: filepath.Join(cfgDir, "config.toml"), PoliciesDir: polDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestReadBounds(t *testing.T) {
 	if err := os.WriteFile(big, make([]byte, MaxFileBytes+1), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Read(big, ""); err == nil {
+	if _, err := Read(Source{ConfigFile: big}); err == nil {
 		t.Error("oversized config read")
 	}
 }

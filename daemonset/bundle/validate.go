@@ -5,6 +5,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 
 	"github.com/pullguard/pullguard/config"
 	"github.com/pullguard/pullguard/daemonset/hoststate"
@@ -36,18 +37,49 @@ func (b *Bundle) Validate(root hoststate.Root, upstream string) error {
 			len(b.Policies), hoststate.PoliciesPath)
 	}
 	rooted := c.WithRoot(string(root))
+	tmp, err := os.MkdirTemp("", "pullguard-validate-")
+	if err != nil {
+		return fmt.Errorf("stage bundle for validation: %w", err)
+	}
+	defer os.RemoveAll(tmp)
 	if c.Policy.Dir != "" {
-		tmp, err := os.MkdirTemp("", "pullguard-policies-")
-		if err != nil {
-			return fmt.Errorf("stage policies for validation: %w", err)
+		dir := filepath.Join(tmp, "policies")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return fmt.Errorf("stage policies: %w", err)
 		}
-		defer os.RemoveAll(tmp)
 		for _, name := range b.PolicyNames() {
-			if err := os.WriteFile(filepath.Join(tmp, name), b.Policies[name], 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, name), b.Policies[name], 0o600); err != nil {
 				return fmt.Errorf("stage policy %s: %w", name, err)
 			}
 		}
-		rooted.Policy.Dir = tmp
+		rooted.Policy.Dir = dir
+	}
+	if b.managesTruststores(root) {
+		// Trust stores the bundle will install are checked as staged, so
+		// a signer whose certificate is being removed fails validation now.
+		stores := filepath.Join(tmp, "truststore")
+		for signer, pem := range b.Truststores {
+			d := filepath.Join(stores, signer)
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return fmt.Errorf("stage trust store %s: %w", signer, err)
+			}
+			if err := os.WriteFile(filepath.Join(d, signer+".pem"), pem, 0o600); err != nil {
+				return fmt.Errorf("stage trust store %s: %w", signer, err)
+			}
+		}
+		for i, sg := range c.Signers {
+			for _, pair := range []struct {
+				orig string
+				dst  *string
+			}{
+				{sg.TrustStore, &rooted.Signers[i].TrustStore},
+				{sg.TimestampStore, &rooted.Signers[i].TimestampStore},
+			} {
+				if rest, ok := strings.CutPrefix(path.Clean(pair.orig), hoststate.TruststorePath+"/"); ok {
+					*pair.dst = filepath.Join(stores, filepath.FromSlash(rest))
+				}
+			}
+		}
 	}
 	if err := rooted.Validate(); err != nil {
 		return err

@@ -26,7 +26,10 @@ type Options struct {
 	Root        hoststate.Root
 	ConfigFile  string // config.toml in the mounted ConfigMap
 	PoliciesDir string // mounted policies ConfigMap; empty: none
-	Validate    Validator
+	// TruststoreDir is the mounted trust store ConfigMap (<signer>.pem);
+	// empty or missing: trust stores are not managed.
+	TruststoreDir string
+	Validate      Validator
 	// Interval between polls; zero means 5s. A ConfigMap update reaches the
 	// mount after kubelet's sync period (up to about a minute) anyway.
 	Interval time.Duration
@@ -101,7 +104,7 @@ func (s *Syncer) SyncOnce(ctx context.Context) (Outcome, error) {
 	if st == nil {
 		return s.fail(fmt.Errorf("pullguard is not installed on this host (no %s); run `pullguard install` first", hoststate.StatePath))
 	}
-	b, err := bundle.Read(s.opts.ConfigFile, s.opts.PoliciesDir)
+	b, err := bundle.Read(bundle.Source{ConfigFile: s.opts.ConfigFile, PoliciesDir: s.opts.PoliciesDir, TruststoreDir: s.opts.TruststoreDir})
 	if err != nil {
 		return s.fail(err)
 	}

@@ -22,6 +22,9 @@ const (
 	ConfigDir    = "/etc/pullguard"
 	ConfigPath   = "/etc/pullguard/config.toml"
 	PoliciesPath = "/etc/pullguard/policies"
+	// TruststorePath holds one directory per signer when the DaemonSet
+	// manages trust stores: trust_store = "/etc/pullguard/truststore/NAME".
+	TruststorePath = "/etc/pullguard/truststore"
 	UnitName     = "pullguard.service"
 	UnitPath     = "/etc/systemd/system/pullguard.service"
 	StateDir     = "/var/lib/pullguard/install"

@@ -35,7 +35,10 @@ type Options struct {
 	Binary      string // pullguard binary to copy to the host (Install)
 	ConfigFile  string // config.toml to install (Install)
 	PoliciesDir string // policy files to install; empty: none (Install)
-	Validate    Validator
+	// TruststoreDir holds <signer>.pem files to install as trust stores;
+	// empty or missing: trust stores are left to the administrator.
+	TruststoreDir string
+	Validate      Validator
 
 	// KubeletConfig is the host path of kubelet's KubeletConfiguration when
 	// it is not in a usual place; empty probes the usual places.
@@ -93,7 +96,7 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
-	b, err := bundle.Read(opts.ConfigFile, opts.PoliciesDir)
+	b, err := bundle.Read(bundle.Source{ConfigFile: opts.ConfigFile, PoliciesDir: opts.PoliciesDir, TruststoreDir: opts.TruststoreDir})
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
