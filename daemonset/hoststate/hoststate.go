@@ -25,11 +25,11 @@ const (
 	// TruststorePath holds one directory per signer when the DaemonSet
 	// manages trust stores: trust_store = "/etc/pullguard/truststore/NAME".
 	TruststorePath = "/etc/pullguard/truststore"
-	UnitName     = "pullguard.service"
-	UnitPath     = "/etc/systemd/system/pullguard.service"
-	StateDir     = "/var/lib/pullguard/install"
-	StatePath    = "/var/lib/pullguard/install/state.json"
-	BackupDir    = "/var/lib/pullguard/install/backup"
+	UnitName       = "pullguard.service"
+	UnitPath       = "/etc/systemd/system/pullguard.service"
+	StateDir       = "/var/lib/pullguard/install"
+	StatePath      = "/var/lib/pullguard/install/state.json"
+	BackupDir      = "/var/lib/pullguard/install/backup"
 )
 
 // DefaultSocket is the socket pullguard listens on when config.toml leaves
