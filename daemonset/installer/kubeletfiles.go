@@ -12,8 +12,6 @@ import (
 	"github.com/pullguard/pullguard/daemonset/hoststate"
 )
 
-func parentDir(p string) string { return filepath.Dir(p) }
-
 // backupName maps a kubelet host path to its file name in BackupDir.
 func backupName(hostPath string) string {
 	return strings.ReplaceAll(strings.TrimPrefix(hostPath, "/"), "/", "__")
