@@ -83,7 +83,7 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	start := time.Now()
 
 	pauseBin := filepath.Join(dir, "bin", "pause")
-	if err := b.goBuild(ctx, pauseBin, "./integration/testbed/pause", "CGO_ENABLED=0"); err != nil {
+	if err := b.goBuildEnv(ctx, []string{"CGO_ENABLED=0"}, pauseBin, "./integration/testbed/pause"); err != nil {
 		return nil, err
 	}
 	if b.Registry, err = StartRegistry(ctx, tools, filepath.Join(dir, "reg"), opts.RegistryAuth); err != nil {
@@ -131,9 +131,14 @@ func (b *Bed) CredsArgs() []string {
 	return []string{"--creds", b.Registry.Auth.Username + ":" + b.Registry.Auth.Password}
 }
 
-// goBuild builds a package of the repository into out.
-func (b *Bed) goBuild(ctx context.Context, out, pkg string, env ...string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+// goBuild builds a package of the repository into out; flags are go build flags.
+func (b *Bed) goBuild(ctx context.Context, out, pkg string, flags ...string) error {
+	return b.goBuildEnv(ctx, nil, out, pkg, flags...)
+}
+
+func (b *Bed) goBuildEnv(ctx context.Context, env []string, out, pkg string, flags ...string) error {
+	args := append(append([]string{"build"}, flags...), "-o", out, pkg)
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = b.Repo
 	cmd.Env = append(os.Environ(), env...)
 	if msg, err := cmd.CombinedOutput(); err != nil {

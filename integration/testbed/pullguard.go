@@ -44,7 +44,11 @@ func (b *Bed) PullguardBinary(ctx context.Context) (string, error) {
 		return b.pgBin, nil
 	}
 	out := filepath.Join(b.Dir, "bin", "pullguard")
-	if err := b.goBuild(ctx, out, "./cmd/pullguard"); err != nil {
+	var flags []string
+	if raceEnabled {
+		flags = append(flags, "-race")
+	}
+	if err := b.goBuild(ctx, out, "./cmd/pullguard", flags...); err != nil {
 		return "", err
 	}
 	b.pgBin = out
@@ -116,12 +120,20 @@ func (b *Bed) StartPullguard(ctx context.Context, opts PullguardOptions) (*Pullg
 	return p, nil
 }
 
-// Stop sends SIGTERM (pullguard drains and removes its socket) and waits.
+// Stop sends SIGTERM (pullguard drains and removes its socket) and waits. A data race the
+// race detector reported in a -race build is an error.
 func (p *Pullguard) Stop() error {
 	if p.proc == nil {
 		return nil
 	}
-	return p.proc.Stop(10 * time.Second)
+	if err := p.proc.Stop(10 * time.Second); err != nil {
+		return err
+	}
+	if logs := p.Logs(); strings.Contains(logs, "WARNING: DATA RACE") {
+		i := strings.Index(logs, "WARNING: DATA RACE")
+		return fmt.Errorf("pullguard (%s) reported a data race:\n%s", p.ConfigPath, logs[i:min(len(logs), i+6000)])
+	}
+	return nil
 }
 
 // Process is pullguard's process (logs, pid, Exited).
