@@ -83,26 +83,46 @@ func fingerprint(cfg *config.Config, path string) (string, error) {
 	if err := hashFile(h, path); err != nil {
 		return "", err
 	}
-	if cfg != nil && cfg.Policy.Dir != "" {
-		entries, err := os.ReadDir(cfg.Policy.Dir)
-		if err != nil && !os.IsNotExist(err) {
-			return "", err
+	if cfg != nil {
+		// Policies and trust stores (ConfigMap/Secret mounts swap a symlink)
+		// are part of what a reload must notice.
+		dirs := []string{cfg.Policy.Dir}
+		for _, sg := range cfg.Signers {
+			dirs = append(dirs, sg.TrustStore, sg.TimestampStore)
 		}
-		names := make([]string, 0, len(entries))
-		for _, e := range entries {
-			if !strings.HasPrefix(e.Name(), ".") {
-				names = append(names, e.Name())
-			}
-		}
-		sort.Strings(names)
-		for _, n := range names {
-			fmt.Fprintf(h, "\x00%s\x00", n)
-			if err := hashFile(h, filepath.Join(cfg.Policy.Dir, n)); err != nil {
+		for _, dir := range dirs {
+			if err := hashDir(h, dir); err != nil {
 				return "", err
 			}
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// hashDir hashes the names and contents of a directory's visible files.
+func hashDir(h io.Writer, dir string) error {
+	if dir == "" {
+		return nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	names := make([]string, 0, len(entries))
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	fmt.Fprintf(h, "\x00dir %s\x00", dir)
+	for _, n := range names {
+		fmt.Fprintf(h, "\x00%s\x00", n)
+		if err := hashFile(h, filepath.Join(dir, n)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func hashFile(h io.Writer, path string) error {
