@@ -115,6 +115,11 @@ spec:
 		return errors.New("containerd holds the denied image")
 	}
 	say("-> the denied image never reached containerd")
+
+	say("\n== 4. pullguard's audit log: one JSON line per decision")
+	for _, l := range pg.LogLines(`"event":"decision"`) {
+		say("%s", l)
+	}
 	return nil
 }
 
