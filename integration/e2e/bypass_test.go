@@ -47,6 +47,31 @@ func containerConfig(t *testing.T, b *testbed.Bed, ctrName, image string, volume
 	if len(volumes) == 0 {
 		return p
 	}
+	editJSON(t, p, func(cfg map[string]any) {
+		var mounts []any
+		for i, v := range volumes {
+			mounts = append(mounts, map[string]any{"container_path": "/vol" + string(rune('0'+i)), "image": map[string]any{"image": v}})
+		}
+		cfg["mounts"] = mounts
+	})
+	return p
+}
+
+// kubeletContainerConfig writes a container config the way kubelet fills the image on
+// containerd: image.image is the image ID PullImage/ImageStatus returned, and
+// user_specified_image the pod spec's string.
+func kubeletContainerConfig(t *testing.T, b *testbed.Bed, ctrName, imageID, podSpecImage string) string {
+	t.Helper()
+	p := containerConfig(t, b, ctrName, imageID)
+	editJSON(t, p, func(cfg map[string]any) {
+		cfg["image"] = map[string]any{"image": imageID, "user_specified_image": podSpecImage}
+	})
+	return p
+}
+
+// editJSON rewrites the JSON object in file p with edit.
+func editJSON(t *testing.T, p string, edit func(map[string]any)) {
+	t.Helper()
 	data, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -55,18 +80,13 @@ func containerConfig(t *testing.T, b *testbed.Bed, ctrName, image string, volume
 	if err := json.Unmarshal(data, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	var mounts []any
-	for i, v := range volumes {
-		mounts = append(mounts, map[string]any{"container_path": "/vol" + string(rune('0'+i)), "image": map[string]any{"image": v}})
-	}
-	cfg["mounts"] = mounts
+	edit(cfg)
 	if data, err = json.Marshal(cfg); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return p
 }
 
 // assertNoContainers checks containerd itself (crictl straight to it) has no container in pod.
@@ -114,6 +134,15 @@ func TestBypassPulledForPermissiveNamespaceCreatedInStrict(t *testing.T) {
 	strictPod, strictCfg := runPod(t, ctx, b, pg, "strict", "bypass-strict")
 	r := pg.Crictl.Run(ctx, "create", strictPod, containerConfig(t, b, "app", img.Ref), strictCfg)
 	assertDenial(t, r, denialPrefix, `for namespace "bypass-strict"`, "[release]", "found no signature")
+	assertNoContainers(t, ctx, b, strictPod)
+	// kubelet names the image by its ID (what PullImage returned) and passes the pod's string.
+	r = pg.Crictl.Run(ctx, "create", strictPod, kubeletContainerConfig(t, b, "kubelet", img.ID, img.Ref), strictCfg)
+	assertDenial(t, r, denialPrefix, `for namespace "bypass-strict"`, "found no signature")
+	assertNoContainers(t, ctx, b, strictPod)
+	// By ID alone (crictl then sends the ID as user_specified_image too): decided under the
+	// image's names on the node.
+	r = pg.Crictl.Run(ctx, "create", strictPod, containerConfig(t, b, "byid", img.ID), strictCfg)
+	assertDenial(t, r, denialPrefix, `for namespace "bypass-strict"`, "found no signature")
 	assertNoContainers(t, ctx, b, strictPod)
 
 	// The same create in the permissive namespace passes: the denial is the policy's.
@@ -163,6 +192,40 @@ func TestBypassImportedIntoContainerd(t *testing.T) {
 		}
 		r := pg.Crictl.Run(ctx, "create", pod, containerConfig(t, b, "ghost", ref), podCfg)
 		assertDenial(t, r, denialPrefix, `for namespace "bypass-imp"`, "bypass-imp/ghost")
+	})
+	t.Run("ctr import of unsigned content under a signed image's name", func(t *testing.T) {
+		// The registry holds a signed image under the name; the node holds other content
+		// under it. What the node would run is what must be decided on.
+		ctx := testCtx(t)
+		signed := pushRunnable(t, b, "bypass-imp/impostor:v1")
+		sign(t, signed, k.releaseLeaf, trusttest.JWS, nil)
+		evil, err := testbed.RunnableImage(b.Tools.Busybox, t.Name()+" evil")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tag, err := name.NewTag(signed.Ref, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tarPath := filepath.Join(t.TempDir(), "impostor.tar")
+		if err := tarball.WriteToFile(tarPath, tag, evil); err != nil {
+			t.Fatal(err)
+		}
+		evilID, err := evil.ConfigName()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := b.Ctr(ctx, "images", "import", tarPath); r.Err != nil {
+			t.Fatalf("ctr import: %v", r)
+		}
+		if !waitUntil(ctx, func() bool {
+			r := b.Crictl.Run(ctx, "inspecti", "-o", "go-template", "--template", "{{.status.id}}", signed.Ref)
+			return r.Err == nil && strings.Contains(r.Stdout, evilID.String())
+		}) {
+			t.Fatalf("containerd's CRI never reported the imported %s as %s", signed.Ref, evilID)
+		}
+		r := pg.Crictl.Run(ctx, "create", pod, kubeletContainerConfig(t, b, "impostor", evilID.String(), signed.Ref), podCfg)
+		assertDenial(t, r, denialPrefix, `for namespace "bypass-imp"`, "bypass-imp/impostor")
 	})
 	t.Run("ctr pull of a signed image verifies at create", func(t *testing.T) {
 		ctx := testCtx(t)
@@ -403,4 +466,50 @@ func TestBypassTagMovedAfterVerification(t *testing.T) {
 	// node keeps the verified image under the tag.
 	assertDenial(t, pullIn(t, ctx, b, pg, "bypass-swap", "swap", ref), denialPrefix, evil.Digest, "found no signature")
 	assertDigestAbsent(t, ctx, b, evil.Digest)
+}
+
+// TestBypassLocalTagRepointed: the verified tag is re-pointed inside containerd (ctr images tag
+// --force, as someone with access to containerd could) to an unsigned image. A create by that
+// tag is decided on the digest the node now holds under it, not on the earlier verdict.
+func TestBypassLocalTagRepointed(t *testing.T) {
+	t.Parallel()
+	b := sharedBed(t)
+	ctx := testCtx(t)
+	k := newSigningKit(t)
+	host := b.Registry.Host
+	signed := pushRunnable(t, b, "bypass-retag/app:v1")
+	sign(t, signed, k.releaseLeaf, trusttest.JWS, nil)
+	evil := pushRunnable(t, b, "bypass-retag/evil:v1")
+	pg := startPullguard(t, b, testbed.PullguardOptions{Config: k.configTOML() +
+		policyTOML("strict", "bypass-retag", entry{name: host + "/bypass-retag/*", trust: true, signers: []string{"release"}})})
+	if r := pullIn(t, ctx, b, pg, "bypass-retag", "rt", signed.Ref); r.Err != nil {
+		t.Fatalf("pull of the signed image: %v", r)
+	}
+	pod, podCfg := runPod(t, ctx, b, pg, "rt", "bypass-retag")
+	// Verified and admitted at create while the tag names the signed image.
+	if r := pg.Crictl.Run(ctx, "create", pod, containerConfig(t, b, "before", signed.Ref), podCfg); r.Err != nil {
+		t.Fatalf("create of the verified image: %v", r)
+	}
+	ctrPull(t, ctx, b, evil.Ref)
+	if r := b.Ctr(ctx, "images", "tag", "--force", evil.Ref, signed.Ref); r.Err != nil {
+		t.Fatalf("re-point the tag in containerd: %v", r)
+	}
+	if !waitUntil(ctx, func() bool {
+		r := b.Crictl.Run(ctx, "inspecti", "-o", "go-template", "--template", "{{.status.id}}", signed.Ref)
+		return r.Err == nil && strings.Contains(r.Stdout, evil.ID)
+	}) {
+		t.Fatalf("containerd's CRI never saw %s re-pointed to %s", signed.Ref, evil.ID)
+	}
+	r := pg.Crictl.Run(ctx, "create", pod, containerConfig(t, b, "after", signed.Ref), podCfg)
+	if r.Err == nil {
+		t.Errorf("create after the re-tag admitted: pullguard decided on the registry's content for the tag, not on what the node holds under it; signed %s (id %s), evil %s (id %s)\ncontainerd's view of %s:\n%s\n%s", signed.Digest, signed.ID, evil.Digest, evil.ID,
+			signed.Ref, b.Crictl.Run(ctx, "inspecti", "-o", "json", signed.Ref).Stdout, b.Ctr(ctx, "images", "ls").Stdout)
+	}
+	assertDenial(t, r, denialPrefix, `for namespace "bypass-retag"`)
+	if out := r.Output(); !strings.Contains(out, evil.Digest) && !strings.Contains(out, evil.ID) {
+		t.Errorf("the denial should name what the node holds (%s or id %s):\n%s", evil.Digest, evil.ID, out)
+	}
+	if r := b.Crictl.Run(ctx, "ps", "-a", "-q", "--pod", pod); strings.Count(strings.TrimSpace(r.Stdout), "\n") != 0 {
+		t.Errorf("want only the container created before the re-tag: %v", r)
+	}
 }

@@ -50,6 +50,11 @@ type Request struct {
 	// Digest, when known (create time), is the content the rules are
 	// checked against instead of resolving Image again.
 	Digest string
+	// ImageID is set at create time when the node knows no manifest digest
+	// for Image (an image loaded with ctr, or a tag re-pointed inside
+	// containerd): the node's image ID (config digest). The registry's
+	// content under Image then counts only if it is that image.
+	ImageID string
 	// Credentials returns the registry credentials sent with the request for
 	// a registry host (nil when none apply). They are used for this decision
 	// only, never cached and never logged.

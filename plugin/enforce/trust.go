@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -75,11 +76,56 @@ func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named)
 		s.desc, s.lazy = ocispec.Descriptor{Digest: d}, true
 		return s, nil
 	}
-	if s.desc, err = src.Resolve(ctx, name); err != nil {
+	var body []byte
+	if s.desc, body, err = src.ResolveManifest(ctx, name); err != nil {
 		// The registry client's error already names the reference.
 		return nil, registryFailure("", err)
 	}
+	if req.ImageID != "" {
+		if f := sameAsNode(ctx, s, body, req.ImageID); f != nil {
+			return nil, f
+		}
+	}
 	return s, nil
+}
+
+// maxIndexChildren bounds the platform manifests fetched to find the node's
+// image in an index.
+const maxIndexChildren = 64
+
+// sameAsNode checks that the content the registry has under the name is the
+// image the node holds (whose ID is its config digest), so that an image
+// loaded or re-tagged on the node is not admitted on the strength of the
+// registry's content for the same name.
+func sameAsNode(ctx context.Context, s *subject, body []byte, imageID string) *failure {
+	var m struct {
+		Config    ocispec.Descriptor   `json:"config"`
+		Manifests []ocispec.Descriptor `json:"manifests"`
+	}
+	if err := json.Unmarshal(body, &m); err != nil {
+		return &failure{SignatureValidationFailed, fmt.Sprintf("manifest %s@%s: %v", s.repo, s.desc.Digest, err)}
+	}
+	if m.Config.Digest.String() == imageID {
+		return nil
+	}
+	for i, child := range m.Manifests {
+		if i == maxIndexChildren {
+			break
+		}
+		raw, err := s.src.FetchManifest(ctx, child)
+		if err != nil {
+			return registryFailure(fmt.Sprintf("fetch manifest %s@%s", s.repo, child.Digest), err)
+		}
+		var cm struct {
+			Config ocispec.Descriptor `json:"config"`
+		}
+		if json.Unmarshal(raw, &cm) == nil && cm.Config.Digest.String() == imageID {
+			return nil
+		}
+	}
+	return &failure{SignatureValidationFailed, fmt.Sprintf(
+		"the image on the node (id %s) is not what %s names in the registry (%s): it was loaded or re-tagged on the node, so it cannot be verified; pull it through pullguard (imagePullPolicy: Always)",
+		imageID, s.name, s.desc.Digest)}
 }
 
 // complete fetches the descriptor of a subject known only by digest.

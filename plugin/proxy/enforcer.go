@@ -129,7 +129,13 @@ func (e *Enforcer) admitImage(ctx context.Context, ns string, spec *runtimeapi.I
 	// An image known under several names is admitted only if every name is:
 	// which one the pod meant is unknown, and any could be the strict one.
 	for _, n := range names {
-		d := e.decider.Decide(ctx, enforce.Request{Op: enforce.OpCreate, Namespace: ns, Image: n.name, Digest: n.digest})
+		req := enforce.Request{Op: enforce.OpCreate, Namespace: ns, Image: n.name, Digest: n.digest}
+		if n.digest == "" {
+			// No manifest digest on the node for this name: what the
+			// registry has under it must be the image the node holds.
+			req.ImageID = img.GetId()
+		}
+		d := e.decider.Decide(ctx, req)
 		if d.Denied() {
 			return denialError(d)
 		}
