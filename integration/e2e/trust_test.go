@@ -4,6 +4,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -239,6 +241,12 @@ func TestTrustDenials(t *testing.T) {
 			d := describe(t, r, img)
 			trusttest.PushEnvelope(t, r, trusttest.JWS, tamperJWS(t, trusttest.Envelope(t, k.releaseLeaf, trusttest.JWS, d, now)), d)
 		}, denialPrefix, []string{"[release]", "tampered signature"}},
+		{"signature of another image attached", "trust-deny/borrowed", func(t *testing.T, img testbed.PushedImage) {
+			// A valid release signature, but over another manifest: copied onto this image.
+			other := pushTiny(t, b, "trust-deny/borrowed:other")
+			r := repoClient(t, img.Ref, nil)
+			trusttest.PushEnvelope(t, r, trusttest.JWS, trusttest.Envelope(t, k.releaseLeaf, trusttest.JWS, describe(t, r, other), now), describe(t, r, img))
+		}, denialPrefix, []string{"[release]", "signature covers a different artifact"}},
 		{"required signer missing", "trust-deny/two/app", func(t *testing.T, img testbed.PushedImage) {
 			sign(t, img, k.releaseLeaf, trusttest.JWS, nil)
 		}, denialPrefix, []string{"no valid signature from required signer(s) [qa]"}},
@@ -277,4 +285,35 @@ func closedLoopbackHost(t *testing.T) string {
 	host := l.Addr().String()
 	l.Close()
 	return host
+}
+
+// TestTrustRegistryTimeout: a registry that accepts connections and never answers denies with
+// RegistryUnavailable once the decision's time is up, and pullguard keeps serving.
+func TestTrustRegistryTimeout(t *testing.T) {
+	t.Parallel()
+	b := sharedBed(t)
+	ctx := testCtx(t)
+	k := newSigningKit(t)
+	hang := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(hang) }) // runs first: lets the handlers return so Close can finish
+	host := strings.TrimPrefix(srv.URL, "http://")
+	pg := startPullguard(t, b, testbed.PullguardOptions{Config: k.configTOML() + "[decision]\ntimeout = \"3s\"\n\n" +
+		policyTOML("slow", "trust-slow", entry{name: host + "/*", trust: true})})
+	start := time.Now()
+	r := pullIn(t, ctx, b, pg, "trust-slow", "slow", host+"/stuck/app:v1")
+	took := time.Since(start)
+	assertDenial(t, r, registryUnavailable, `for namespace "trust-slow"`, host)
+	if took > 25*time.Second {
+		t.Errorf("a hanging registry held the pull %s; the decision timeout is 3s", took.Round(time.Second))
+	}
+	if res := pg.Crictl.Run(ctx, "version"); res.Err != nil {
+		t.Errorf("pullguard stopped answering after a registry timeout: %v", res)
+	}
 }
