@@ -69,9 +69,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 
 	srv, err := proxy.New(proxy.Options{
-		Upstream:        cfg.Server.UpstreamPath(),
-		MaxMessageBytes: cfg.Server.MaxMessageBytes,
-		Logger:          log,
+		Upstream:          cfg.Server.UpstreamPath(),
+		UpstreamNamespace: cfg.Server.UpstreamNamespace,
+		MaxMessageBytes:   cfg.Server.MaxMessageBytes,
+		Logger:            log,
 	})
 	if err != nil {
 		log.Error("cannot start proxy", "error", err)
