@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
 
 	"github.com/pullguard/pullguard/plugin/cache"
 	"github.com/pullguard/pullguard/plugin/enforce"
@@ -14,6 +15,7 @@ type metrics struct {
 	decisions *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	reloads   *prometheus.CounterVec
+	upstream  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -32,8 +34,12 @@ func newMetrics() *metrics {
 			Name: "pullguard_config_reloads_total",
 			Help: "Config reload attempts by result (ok, rejected).",
 		}, []string{"result"}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullguard_upstream_errors_total",
+			Help: "Forwarded CRI calls that failed upstream, by method and gRPC code (Unavailable: containerd unreachable).",
+		}, []string{"method", "code"}),
 	}
-	m.registry.MustRegister(m.decisions, m.latency, m.reloads,
+	m.registry.MustRegister(m.decisions, m.latency, m.reloads, m.upstream,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -62,6 +68,11 @@ func (m *metrics) watchCache(stats func() cache.Stats) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pullguard_facts_cache_entries", Help: "Facts held in the cache."},
 			func() float64 { return float64(stats().Entries) }),
 	)
+}
+
+// upstreamError counts a failed upstream call.
+func (m *metrics) upstreamError(method string, code codes.Code) {
+	m.upstream.WithLabelValues(method, code.String()).Inc()
 }
 
 func (m *metrics) reloaded(ok bool) {

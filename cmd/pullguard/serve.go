@@ -71,6 +71,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	srv, err := proxy.New(proxy.Options{
 		Upstream:          cfg.Server.UpstreamPath(),
 		UpstreamNamespace: cfg.Server.UpstreamNamespace,
+		OnUpstreamError:   m.upstreamError,
 		MaxMessageBytes:   cfg.Server.MaxMessageBytes,
 		Logger:            log,
 	})

@@ -32,8 +32,12 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 const denyAll = `
 [[policies]]
@@ -222,10 +226,20 @@ func TestServeHealthReadyAndMetrics(t *testing.T) {
 		t.Errorf("/readyz with no containerd = %d %q, want 503", code, body)
 	}
 	s.pullCode()
+	// An ordinary call forwarded to the absent containerd is an upstream error.
+	conn, err := grpc.NewClient("unix://"+s.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := runtimeapi.NewRuntimeServiceClient(conn).Version(context.Background(), &runtimeapi.VersionRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Version with no containerd: %v, want Unavailable", err)
+	}
 	_, body := get("/metrics")
 	for _, want := range []string{
 		`pullguard_decisions_total{category="SignatureValidationFailed",namespace="",op="pull",verdict="deny"} 1`,
 		"pullguard_decision_duration_seconds_bucket",
+		`pullguard_upstream_errors_total{code="Unavailable",method="/runtime.v1.RuntimeService/Version"} 1`,
 		"pullguard_facts_cache_hits_total",
 	} {
 		if !strings.Contains(body, want) {

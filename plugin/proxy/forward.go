@@ -73,6 +73,7 @@ func (s *Server) invoke(ss grpc.ServerStream, method string, req any) error {
 	defer resp.free()
 	err := s.upstream.Invoke(outgoingContext(ss.Context()), method, req, &resp,
 		s.codecOpt, grpc.Header(&header), grpc.Trailer(&trailer))
+	s.observe(method, err)
 	return s.reply(ss, &resp, header, trailer, err)
 }
 
@@ -102,6 +103,7 @@ func (s *Server) forwardStream(ss grpc.ServerStream, method string) error {
 
 	cs, err := s.upstream.NewStream(outgoingContext(ctx), &anyStream, method, s.codecOpt)
 	if err != nil {
+		s.observe(method, err)
 		return err
 	}
 	pumpErr := make(chan error, 1)
@@ -122,6 +124,7 @@ func (s *Server) forwardStream(ss grpc.ServerStream, method string) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
+			s.observe(method, err)
 			// When the client side failed (e.g. an oversized message), the
 			// upstream only saw a cancellation: report the real cause.
 			if status.Code(err) == codes.Canceled {

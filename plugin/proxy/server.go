@@ -16,7 +16,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -56,6 +58,9 @@ type Options struct {
 	Gate Gate
 	// Logger receives operational messages; nil discards them.
 	Logger *slog.Logger
+	// OnUpstreamError, if set, is told of every call that failed between the
+	// proxy and containerd, with the status code the client got (metrics).
+	OnUpstreamError func(method string, code codes.Code)
 }
 
 type methodKind uint8
@@ -76,6 +81,7 @@ type gateBox struct{ gate Gate }
 // Shutdown.
 type Server struct {
 	log      *slog.Logger
+	onError  func(method string, code codes.Code)
 	upstream *grpc.ClientConn
 	srv      *grpc.Server
 	codec    rawCodec
@@ -132,6 +138,7 @@ func New(opts Options) (*Server, error) {
 
 	s := &Server{
 		log:       log,
+		onError:   opts.OnUpstreamError,
 		upstream:  conn,
 		codec:     codec,
 		codecOpt:  grpc.ForceCodecV2(codec),
@@ -238,4 +245,11 @@ func (s *Server) UpstreamReady(ctx context.Context) error {
 		return fmt.Errorf("upstream CRI Version: %w", err)
 	}
 	return nil
+}
+
+// observe reports a failed upstream call to the OnUpstreamError hook.
+func (s *Server) observe(method string, err error) {
+	if err != nil && s.onError != nil {
+		s.onError(method, status.Code(err))
+	}
 }

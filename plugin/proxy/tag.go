@@ -45,6 +45,7 @@ func (s *Server) pullAndTag(ss grpc.ServerStream, forward any, pulledRef, tagAs 
 	)
 	err := s.upstream.Invoke(outgoingContext(ctx), methodPullImage, forward, &resp,
 		s.codecOpt, grpc.Header(&header), grpc.Trailer(&trailer))
+	s.observe(methodPullImage, err)
 	if err == nil {
 		if terr := s.tagImage(ctx, pulledRef, tagAs, resp.ImageRef); terr != nil {
 			s.log.Error("tag pinned pull", "image", pulledRef, "tag", tagAs, "err", terr)

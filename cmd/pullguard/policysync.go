@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/pullguard/pullguard/config"
+	"github.com/pullguard/pullguard/daemonset/policysync"
+)
+
+// runPolicySync runs the agent that renders ImagePolicy / ClusterImagePolicy objects into the
+// node's synced policy directory (daemonset/policysync).
+func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("policy-sync", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: the pod's service account)")
+	dir := fs.String("dir", "/host/etc/pullguard/crd-policies", "synced policy directory, as seen by this process (a symlink the agent swaps)")
+	nodeConfig := fs.String("node-config", "/host/etc/pullguard/config.toml", "the node's config.toml, for the signer names policies may use (\"\" = do not check)")
+	namespace := fs.String("namespace", "", "pullguard's namespace, for the status Lease (default: $POD_NAMESPACE, else the service account's)")
+	identity := fs.String("identity", "", "this agent's name in the Lease and Events (default: $NODE_NAME, else the host name)")
+	health := fs.String("health-address", "", "serve /healthz and /readyz here, e.g. :9466 (\"\" = off)")
+	noStatus := fs.Bool("no-status", false, "never write status or Events (no leader election)")
+	qps := fs.Float64("qps", 20, "API requests per second (status writes after a leader change)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintln(stderr, "pullguard policy-sync: unexpected arguments:", fs.Args())
+		return 2
+	}
+	log := jsonLogger(stderr)
+	cfg, err := restConfig(*kubeconfig)
+	if err != nil {
+		fmt.Fprintln(stderr, "pullguard policy-sync:", err)
+		return 2
+	}
+	cfg.QPS, cfg.Burst = float32(*qps), int(*qps*2)
+	cfg.UserAgent = "pullguard-policy-sync/" + version
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "pullguard policy-sync: dynamic client:", err)
+		return 2
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "pullguard policy-sync: client:", err)
+		return 2
+	}
+	opts := policysync.Options{
+		Client:        dyn,
+		Events:        kube.CoreV1(),
+		Leases:        kube.CoordinationV1(),
+		Dir:           *dir,
+		Namespace:     orDefault(*namespace, podNamespace()),
+		Identity:      orDefault(*identity, nodeName()),
+		DisableStatus: *noStatus,
+		Probe: func(ctx context.Context) error {
+			return kube.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
+		},
+		Logger: log,
+	}
+	if *nodeConfig != "" {
+		path := *nodeConfig
+		opts.Signers = func() ([]string, error) { return signerNames(path) }
+	}
+	agent, err := policysync.New(opts)
+	if err != nil {
+		fmt.Fprintln(stderr, "pullguard policy-sync:", err)
+		return 2
+	}
+	if *health != "" {
+		ln, err := net.Listen("tcp", *health)
+		if err != nil {
+			fmt.Fprintln(stderr, "pullguard policy-sync: health listener:", err)
+			return 2
+		}
+		srv := &http.Server{Handler: agent.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+	}
+	if err := agent.Run(ctx); err != nil {
+		fmt.Fprintln(stderr, "pullguard policy-sync:", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, "pullguard policy-sync: stopped;", agent.Health().Describe())
+	return 0
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no --kubeconfig and not in a pod: %w", err)
+	}
+	return c, nil
+}
+
+// signerNames reads the signer names of the node config without checking its paths: the agent
+// sees the host's files under another root, and the daemon validates them anyway.
+func signerNames(path string) ([]string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("node config: %w", err)
+	}
+	if fi.Size() > config.MaxConfigBytes {
+		return nil, fmt.Errorf("node config %s: larger than %d bytes", path, config.MaxConfigBytes)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("node config: %w", err)
+	}
+	c, err := config.Parse(data, path)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(c.Signers))
+	for _, s := range c.Signers {
+		names = append(names, s.Name)
+	}
+	return names, nil
+}
+
+const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+func podNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile(serviceAccountNamespace); err == nil && len(b) > 0 {
+		return strings.TrimSpace(string(b))
+	}
+	return "pullguard-system"
+}
+
+func nodeName() string {
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "unknown"
+	}
+	return h
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
