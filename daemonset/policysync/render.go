@@ -1,0 +1,179 @@
+// Package policysync is the node agent that turns pullguard's ImagePolicy and ClusterImagePolicy
+// custom resources into policy files on the node. It watches both kinds through the API server,
+// validates every object with plugin/policy exactly as the host daemon will load it, and swaps a
+// complete snapshot of the valid ones into a directory the host daemon reads. An invalid object is
+// never written (its last good version stays), and the API server being away never removes what
+// is on disk: the node keeps enforcing its last synced policies.
+package policysync
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/pullguard/pullguard/plugin/policy"
+)
+
+// Group and version of pullguard's custom resources.
+const (
+	Group   = "pullguard.dev"
+	Version = "v1beta1"
+)
+
+// Key identifies one object: kind, namespace ("" for cluster policies) and name.
+type Key struct {
+	Kind      policy.Kind
+	Namespace string
+	Name      string
+}
+
+func (k Key) String() string {
+	if k.Namespace == "" {
+		return string(k.Kind) + " " + k.Name
+	}
+	return string(k.Kind) + " " + k.Namespace + "/" + k.Name
+}
+
+// FileName is where the object's rendered policy lives inside the synced directory. '_' cannot
+// occur in Kubernetes names or namespaces, so the name maps back to exactly one key, and a human
+// reading `pullguard check` output sees which object a rule came from.
+func (k Key) FileName() string {
+	if k.Kind == policy.KindCluster {
+		return string(policy.KindCluster) + "_" + k.Name + ".yaml"
+	}
+	return string(policy.KindNamespace) + "_" + k.Namespace + "_" + k.Name + ".yaml"
+}
+
+// Kubernetes object names (DNS subdomains) and namespaces (DNS labels), as the API server
+// enforces them; anything else found on disk is not ours.
+var (
+	nameRE      = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+	namespaceRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+)
+
+// KeyFromFileName is FileName's inverse; ok is false for any other file.
+func KeyFromFileName(file string) (Key, bool) {
+	base, ok := strings.CutSuffix(file, ".yaml")
+	if !ok {
+		return Key{}, false
+	}
+	parts := strings.Split(base, "_")
+	switch {
+	case len(parts) == 2 && parts[0] == string(policy.KindCluster) && nameRE.MatchString(parts[1]):
+		return Key{Kind: policy.KindCluster, Name: parts[1]}, true
+	case len(parts) == 3 && parts[0] == string(policy.KindNamespace) && namespaceRE.MatchString(parts[1]) && nameRE.MatchString(parts[2]):
+		return Key{Kind: policy.KindNamespace, Namespace: parts[1], Name: parts[2]}, true
+	}
+	return Key{}, false
+}
+
+// Object is the part of a custom resource the agent renders. Spec is the object's spec as the API
+// server returned it (JSON-shaped values).
+type Object struct {
+	Key             Key
+	UID             string
+	ResourceVersion string
+	Generation      int64
+	Spec            map[string]any
+}
+
+// Rendered is an object turned into a policy file, validated.
+type Rendered struct {
+	Key    Key
+	Data   []byte
+	Policy policy.Policy
+}
+
+// SignerCheck reports whether a signer name is defined in the node config. The host daemon
+// refuses a whole policy set that names an unknown signer, so one such object would freeze every
+// later policy change on the node; the agent rejects that object instead.
+type SignerCheck func(name string) bool
+
+// Render turns an object into the YAML document plugin/policy loads and validates it the way the
+// host daemon will: strict parsing (an unknown field is an error), policy validation, and, when
+// known is not nil, every trust signer defined on this node. dir is the synced directory, used
+// only so that validation messages name the file the policy would live in.
+func Render(obj Object, dir string, known SignerCheck) (*Rendered, error) {
+	if err := checkKey(obj.Key); err != nil {
+		return nil, err
+	}
+	meta := map[string]any{"name": obj.Key.Name}
+	if obj.Key.Namespace != "" {
+		meta["namespace"] = obj.Key.Namespace
+	}
+	doc := map[string]any{
+		"apiVersion": policy.APIVersionPullguard,
+		"kind":       string(obj.Key.Kind),
+		"metadata":   meta,
+	}
+	if obj.Spec != nil {
+		doc["spec"] = obj.Spec
+	}
+	body, err := yaml.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("render %s: %w", obj.Key, err)
+	}
+	header := fmt.Sprintf("# Rendered by pullguard's policy-sync agent from %s (uid %s, generation %d, resourceVersion %s).\n"+
+		"# Do not edit: the agent replaces this directory. Edit the object with kubectl instead.\n",
+		obj.Key, obj.UID, obj.Generation, obj.ResourceVersion)
+	data := append([]byte(header), body...)
+	if len(data) > policy.MaxPolicyFileBytes {
+		return nil, fmt.Errorf("%s: rendered policy is larger than %d bytes", obj.Key, policy.MaxPolicyFileBytes)
+	}
+	source := filepath.Join(dir, obj.Key.FileName())
+	ps, err := policy.ParseYAML(data, source)
+	if err != nil {
+		return nil, err
+	}
+	if len(ps) != 1 {
+		return nil, fmt.Errorf("%s: rendered %d policies, want 1", obj.Key, len(ps))
+	}
+	p := ps[0]
+	// NewSet is what the daemon builds; it validates and compiles every pattern.
+	if _, err := policy.NewSet(ps, ""); err != nil {
+		return nil, err
+	}
+	if known != nil {
+		if err := checkSigners(&p, known); err != nil {
+			return nil, err
+		}
+	}
+	return &Rendered{Key: obj.Key, Data: data, Policy: p}, nil
+}
+
+func checkKey(k Key) error {
+	switch k.Kind {
+	case policy.KindCluster:
+		if k.Namespace != "" {
+			return fmt.Errorf("%s: a cluster policy has no namespace", k)
+		}
+	case policy.KindNamespace:
+		if !namespaceRE.MatchString(k.Namespace) {
+			return fmt.Errorf("%s: invalid namespace %q", k, k.Namespace)
+		}
+	default:
+		return fmt.Errorf("unknown kind %q", k.Kind)
+	}
+	if !nameRE.MatchString(k.Name) {
+		return fmt.Errorf("%s: invalid name %q", k, k.Name)
+	}
+	return nil
+}
+
+// ErrUnknownSigner is wrapped when a policy names a signer the node config does not define.
+var ErrUnknownSigner = errors.New("trust signer not defined in this node's config")
+
+func checkSigners(p *policy.Policy, known SignerCheck) error {
+	for _, r := range p.Rules {
+		for _, s := range r.Checks.Trust.Signers {
+			if !known(s) {
+				return fmt.Errorf("%s: repositories[%d] %q: signer %q: %w ([[signers]] in config.toml)", p, r.Index, r.Name, s, ErrUnknownSigner)
+			}
+		}
+	}
+	return nil
+}
