@@ -34,9 +34,12 @@ FUZZTIME ?= 20s
 fuzz:
 	bash hack/fuzz.sh $(FUZZTIME)
 
+# Go benchmarks of the packages, then direct containerd vs through pullguard in
+# one run: pass-through calls, verified pulls (cold, warm, with VA), creates.
 bench: tools
 	$(GO) test -run '^$$' -bench . -benchmem ./plugin/...
 	$(GO) run ./integration/bench
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./integration/bench/
 
 demo: tools
 	$(GO) run ./integration/cmd/demo
