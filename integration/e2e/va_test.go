@@ -90,7 +90,7 @@ func TestVADecisions(t *testing.T) {
 		{"clean SARIF report", "clean/sarif", false, &report{sarifMediaType, time.Hour, []vatest.Vuln{medium}, scanner}, true, nil},
 		{"clean Trivy JSON report", "clean/trivy", false, &report{trivyJSONMediaType, time.Hour, []vatest.Vuln{medium}, scanner}, true, nil},
 		{"critical CVE in SARIF", "critical/sarif", false, &report{sarifMediaType, time.Hour, []vatest.Vuln{medium, critical}, scanner}, false,
-			[]string{"CVE-2024-0001", "critical", "openssl", "above max_severity high"}},
+			[]string{"CVE-2024-0001 (critical, openssl 3.0.2)", "above max_severity high", "0.58.1", "h old"}},
 		{"critical CVE in Trivy JSON", "critical/trivy", false, &report{trivyJSONMediaType, time.Hour, []vatest.Vuln{highJSON}, scanner}, false,
 			[]string{"CVE-2024-0009", "libxml2"}},
 		{"allow-listed CVE", "allowed/app", false, &report{sarifMediaType, time.Hour, []vatest.Vuln{critical}, scanner}, true, nil},
