@@ -155,10 +155,11 @@ func (r ReportVerifier) VerifyReport(ctx context.Context, image va.Image, desc o
 	}
 	facts, err := r.Verifier.VerifyFrom(ctx, src, reference.TrimNamed(image.Name), desc)
 	if err != nil {
-		return "", fmt.Errorf("verify report %s: %w", desc.Digest, err)
+		return "", fmt.Errorf("verify report signatures: %w", err)
 	}
 	if len(facts.VerifiedSigners) == 0 {
-		return "", fmt.Errorf("report %s: %s: %w", desc.Digest, facts.Unmet(nil), va.ErrNotSigned)
+		// The source names the report; say only why it is not vouched for.
+		return "", fmt.Errorf("%s: %w", facts.Unmet(nil), va.ErrNotSigned)
 	}
 	return facts.VerifiedSigners[0], nil
 }
