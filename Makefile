@@ -26,8 +26,10 @@ test: lint test-unit test-integration
 test-unit:
 	$(GO) test -race -short -timeout $(UNIT_TIMEOUT) ./...
 
-test-integration: tools
-	$(GO) test -race -timeout $(INTEGRATION_TIMEOUT) -p 1 ./integration/...
+# The daemon under test is built once, up front, rather than inside each test
+# binary's TestMain (a cold -race build there can eat its start-up deadline).
+test-integration: tools build
+	PULLGUARD_BIN=$(BIN)/pullguard $(GO) test -race -timeout $(INTEGRATION_TIMEOUT) -p 1 ./integration/...
 
 # Short fuzzing runs of every parser; FUZZTIME=5m for a longer session.
 FUZZTIME ?= 20s
@@ -36,13 +38,14 @@ fuzz:
 
 # Go benchmarks of the packages, then direct containerd vs through pullguard in
 # one run: pass-through calls, verified pulls (cold, warm, with VA), creates.
-bench: tools
+bench: export PULLGUARD_BIN = $(BIN)/pullguard
+bench: tools build
 	$(GO) test -run '^$$' -bench . -benchmem ./plugin/...
 	$(GO) run ./integration/bench
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./integration/bench/
 
-demo: tools
-	$(GO) run ./integration/cmd/demo
+demo: tools build
+	PULLGUARD_BIN=$(BIN)/pullguard $(GO) run ./integration/cmd/demo
 
 lint:
 	$(GO) vet ./...
