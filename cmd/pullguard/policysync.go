@@ -31,6 +31,7 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 	namespace := fs.String("namespace", "", "pullguard's namespace, for the status Lease (default: $POD_NAMESPACE, else the service account's)")
 	identity := fs.String("identity", "", "this agent's name in the Lease and Events (default: $NODE_NAME, else the host name)")
 	health := fs.String("health-address", "", "serve /healthz and /readyz here, e.g. :9466 (\"\" = off)")
+	signersDir := fs.String("signers-dir", "", "write trust stores of signers named in policies from Secrets of the same name in pullguard's namespace here, e.g. /host/etc/pullguard/signers (\"\" = off)")
 	noStatus := fs.Bool("no-status", false, "never write status or Events (no leader election)")
 	qps := fs.Float64("qps", 20, "API requests per second (status writes after a leader change)")
 	if err := fs.Parse(args); err != nil {
@@ -70,6 +71,9 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 			return kube.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
 		},
 		Logger: log,
+	}
+	if *signersDir != "" {
+		opts.SignerSecrets = &policysync.SignerSecrets{Client: kube.CoreV1(), Namespace: opts.Namespace, Dir: *signersDir}
 	}
 	if *nodeConfig != "" {
 		path := *nodeConfig

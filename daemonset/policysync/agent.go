@@ -57,6 +57,9 @@ type Options struct {
 	// Probe checks that the API server answers (e.g. GET /readyz); nil leaves connectivity to
 	// the watches' errors.
 	Probe func(ctx context.Context) error
+	// SignerSecrets, when set, writes the trust stores of signers named in policies from
+	// Secrets in pullguard's namespace (see SignerSecrets).
+	SignerSecrets *SignerSecrets
 	// DisableStatus turns off leader election, status and Events (a read-only agent).
 	DisableStatus bool
 	LeaseName     string        // default "pullguard-policy-status"
@@ -86,6 +89,8 @@ type Agent struct {
 	verdicts map[Key]*verdict  // the last evaluation of each object's current version
 	reported map[string]string // uid -> condition last written (leader only)
 	health   Health
+
+	signerFetched map[string]signerFetch // sync loop only
 }
 
 type verdict struct {
@@ -119,6 +124,9 @@ func New(opts Options) (*Agent, error) {
 	if !opts.DisableStatus && (opts.Events == nil || opts.Leases == nil) {
 		return nil, errors.New("policysync: events and leases clients are required unless status is disabled")
 	}
+	if ss := opts.SignerSecrets; ss != nil && (ss.Client == nil || ss.Namespace == "" || ss.Dir == "") {
+		return nil, errors.New("policysync: signer secrets need a client, pullguard's namespace and a directory")
+	}
 	if opts.LeaseName == "" {
 		opts.LeaseName = "pullguard-policy-status"
 	}
@@ -149,6 +157,8 @@ func New(opts Options) (*Agent, error) {
 		verdicts: map[Key]*verdict{},
 		reported: map[string]string{},
 		health:   Health{Connected: true},
+
+		signerFetched: map[string]signerFetch{},
 	}, nil
 }
 
@@ -264,6 +274,7 @@ func (a *Agent) sync(ctx context.Context) {
 	var objs []observed
 	a.mu.Lock()
 	seen := map[Key]bool{}
+	signerNames := map[string]bool{}
 	desired := map[Key][]byte{}
 	rejected := 0
 	for _, k := range kinds {
@@ -274,6 +285,7 @@ func (a *Agent) sync(ctx context.Context) {
 			}
 			obj := objectOf(k.kind, u)
 			seen[obj.Key] = true
+			signerNamesOf(obj.Spec, signerNames)
 			v := a.verdicts[obj.Key]
 			if v == nil || v.uid != obj.UID || v.rv != obj.ResourceVersion || v.signers != sigHash {
 				v = &verdict{uid: obj.UID, rv: obj.ResourceVersion, generation: obj.Generation, signers: sigHash}
@@ -317,6 +329,7 @@ func (a *Agent) sync(ctx context.Context) {
 	a.health.Rejected = rejected
 	a.mu.Unlock()
 
+	a.syncSigners(ctx, signerNames)
 	changed, err := a.snaps.Write(desired)
 	a.mu.Lock()
 	if err != nil {

@@ -26,27 +26,6 @@ type Snapshots struct {
 	Dir string
 }
 
-func (s Snapshots) prefix() string { return "." + filepath.Base(s.Dir) + "-" }
-
-// Hash identifies a set of files (names and contents).
-func Hash(files map[Key][]byte) string {
-	h := sha256.New()
-	for _, k := range sortedKeys(files) {
-		fmt.Fprintf(h, "%q %d\n", k.FileName(), len(files[k]))
-		h.Write(files[k])
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-func sortedKeys(files map[Key][]byte) []Key {
-	keys := make([]Key, 0, len(files))
-	for k := range files {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b Key) int { return strings.Compare(a.FileName(), b.FileName()) })
-	return keys
-}
-
 // Load reads the current snapshot: the files the agent wrote last time, by key. A missing
 // directory is an empty set. Files that do not parse as a policy are left out (and reported in
 // skipped): they were not written by a working agent, and the next Write drops them.
@@ -100,9 +79,31 @@ func (s Snapshots) Write(files map[Key][]byte) (bool, error) {
 	if len(files) > MaxObjects {
 		return false, fmt.Errorf("write synced policies: %d objects, more than %d", len(files), MaxObjects)
 	}
-	parent := filepath.Dir(s.Dir)
-	target := s.prefix() + Hash(files)[:16]
-	if cur, err := os.Readlink(s.Dir); err == nil && cur == target {
+	named := make(map[string][]byte, len(files))
+	for k, b := range files {
+		named[k.FileName()] = b
+	}
+	return swapDir(s.Dir, named)
+}
+
+// swapDir makes files (name -> content) the content of link: a complete sibling directory
+// ".<base>-<hash>" is written and made durable, then link (a symlink) is swapped to it with one
+// rename and superseded siblings are removed.
+func swapDir(link string, files map[string][]byte) (bool, error) {
+	parent := filepath.Dir(link)
+	prefix := "." + filepath.Base(link) + "-"
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	h := sha256.New()
+	for _, n := range names {
+		fmt.Fprintf(h, "%q %d\n", n, len(files[n]))
+		h.Write(files[n])
+	}
+	target := prefix + hex.EncodeToString(h.Sum(nil))[:16]
+	if cur, err := os.Readlink(link); err == nil && cur == target {
 		if _, err := os.Stat(filepath.Join(parent, target)); err == nil {
 			return false, nil
 		}
@@ -117,10 +118,10 @@ func (s Snapshots) Write(files map[Key][]byte) (bool, error) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return false, fmt.Errorf("create %s: %w", dir, err)
 	}
-	for _, k := range sortedKeys(files) {
-		if err := os.WriteFile(filepath.Join(dir, k.FileName()), files[k], 0o644); err != nil {
+	for _, n := range names {
+		if err := os.WriteFile(filepath.Join(dir, n), files[n], 0o644); err != nil {
 			_ = os.RemoveAll(dir)
-			return false, fmt.Errorf("write synced policy %s: %w", k, err)
+			return false, fmt.Errorf("write %s: %w", n, err)
 		}
 	}
 	if err := syncDir(dir); err != nil {
@@ -129,18 +130,18 @@ func (s Snapshots) Write(files map[Key][]byte) (bool, error) {
 	}
 	// A real directory where the link belongs (made by hand) cannot be replaced by a rename;
 	// it is moved aside once, not deleted: it may hold someone's work.
-	if fi, err := os.Lstat(s.Dir); err == nil && fi.IsDir() {
-		if err := os.Rename(s.Dir, filepath.Join(parent, s.prefix()+"previous")); err != nil {
-			return false, fmt.Errorf("move aside %s: %w", s.Dir, err)
+	if fi, err := os.Lstat(link); err == nil && fi.IsDir() {
+		if err := os.Rename(link, filepath.Join(parent, prefix+"previous")); err != nil {
+			return false, fmt.Errorf("move aside %s: %w", link, err)
 		}
 	}
-	tmp := s.Dir + ".tmp"
+	tmp := link + ".tmp"
 	_ = os.Remove(tmp)
 	if err := os.Symlink(target, tmp); err != nil {
-		return false, fmt.Errorf("link synced policies: %w", err)
+		return false, fmt.Errorf("link %s: %w", link, err)
 	}
-	if err := os.Rename(tmp, s.Dir); err != nil {
-		return false, fmt.Errorf("swap synced policies link: %w", err)
+	if err := os.Rename(tmp, link); err != nil {
+		return false, fmt.Errorf("swap %s: %w", link, err)
 	}
 	// The old snapshot is deleted next; the swap must be on disk first or a crash could leave
 	// the link naming a deleted directory.
@@ -148,20 +149,21 @@ func (s Snapshots) Write(files map[Key][]byte) (bool, error) {
 		_ = d.Sync()
 		d.Close()
 	}
-	s.removeOld(target)
+	removeOld(link, target)
 	return true, nil
 }
 
 // removeOld deletes superseded snapshots; a failure only leaves garbage behind.
-func (s Snapshots) removeOld(current string) {
-	parent := filepath.Dir(s.Dir)
+func removeOld(link, current string) {
+	parent := filepath.Dir(link)
+	prefix := "." + filepath.Base(link) + "-"
 	entries, err := os.ReadDir(parent)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
 		n := e.Name()
-		if strings.HasPrefix(n, s.prefix()) && n != current && n != s.prefix()+"previous" {
+		if strings.HasPrefix(n, prefix) && n != current && n != prefix+"previous" {
 			_ = os.RemoveAll(filepath.Join(parent, n))
 		}
 	}
