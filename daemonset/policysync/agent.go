@@ -45,7 +45,7 @@ type Options struct {
 	// the election of the one agent that writes status.
 	Events corev1client.EventsGetter
 	Leases coordinationv1client.LeasesGetter
-	// Dir is the synced policy directory the host daemon reads (a symlink the agent swaps).
+	// Dir is the synced policy directory the host daemon reads ([policy] synced_dir).
 	Dir string
 	// Namespace is pullguard's own namespace (the Lease lives there); Identity names this agent
 	// (the node name), in the Lease and in Events.
@@ -77,7 +77,7 @@ type Options struct {
 // Agent syncs the custom resources to the node.
 type Agent struct {
 	opts  Options
-	snaps Snapshots
+	snaps Store
 	log   *slog.Logger
 	kick  chan struct{}
 
@@ -150,7 +150,7 @@ func New(opts Options) (*Agent, error) {
 	}
 	return &Agent{
 		opts:     opts,
-		snaps:    Snapshots{Dir: opts.Dir},
+		snaps:    Store{Dir: opts.Dir},
 		log:      opts.Logger,
 		kick:     make(chan struct{}, 1),
 		lastGood: map[Key][]byte{},

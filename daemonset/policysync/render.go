@@ -38,14 +38,31 @@ func (k Key) String() string {
 	return string(k.Kind) + " " + k.Namespace + "/" + k.Name
 }
 
-// FileName is where the object's rendered policy lives inside the synced directory. '_' cannot
-// occur in Kubernetes names or namespaces, so the name maps back to exactly one key, and a human
-// reading `pullguard check` output sees which object a rule came from.
+// FileName is the file of the synced directory that holds the object: one file for all
+// ClusterImagePolicies and one per namespace for its ImagePolicies. A namespace's policies decide
+// together (any ImagePolicy replaces the cluster policy there), so each such group changes in
+// one atomic rename, and a change touches one file however many objects exist. '_' cannot occur
+// in a namespace name, so a file name maps back to exactly one group.
 func (k Key) FileName() string {
 	if k.Kind == policy.KindCluster {
-		return string(policy.KindCluster) + "_" + k.Name + ".yaml"
+		return clusterFile
 	}
-	return string(policy.KindNamespace) + "_" + k.Namespace + "_" + k.Name + ".yaml"
+	return string(policy.KindNamespace) + "_" + k.Namespace + ".yaml"
+}
+
+const clusterFile = string(policy.KindCluster) + ".yaml"
+
+// ourFile reports whether a file name is one the agent writes.
+func ourFile(name string) bool {
+	if name == clusterFile {
+		return true
+	}
+	ns, ok := strings.CutPrefix(name, string(policy.KindNamespace)+"_")
+	if !ok {
+		return false
+	}
+	ns, ok = strings.CutSuffix(ns, ".yaml")
+	return ok && namespaceRE.MatchString(ns)
 }
 
 // Kubernetes object names (DNS subdomains) and namespaces (DNS labels), as the API server
@@ -54,22 +71,6 @@ var (
 	nameRE      = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
 	namespaceRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 )
-
-// KeyFromFileName is FileName's inverse; ok is false for any other file.
-func KeyFromFileName(file string) (Key, bool) {
-	base, ok := strings.CutSuffix(file, ".yaml")
-	if !ok {
-		return Key{}, false
-	}
-	parts := strings.Split(base, "_")
-	switch {
-	case len(parts) == 2 && parts[0] == string(policy.KindCluster) && nameRE.MatchString(parts[1]):
-		return Key{Kind: policy.KindCluster, Name: parts[1]}, true
-	case len(parts) == 3 && parts[0] == string(policy.KindNamespace) && namespaceRE.MatchString(parts[1]) && nameRE.MatchString(parts[2]):
-		return Key{Kind: policy.KindNamespace, Namespace: parts[1], Name: parts[2]}, true
-	}
-	return Key{}, false
-}
 
 // Object is the part of a custom resource the agent renders. Spec is the object's spec as the API
 // server returned it (JSON-shaped values).

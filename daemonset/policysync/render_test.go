@@ -108,19 +108,18 @@ func TestRenderUnknownSignerIsTyped(t *testing.T) {
 	}
 }
 
-func TestFileNameRoundTrip(t *testing.T) {
-	for _, k := range []Key{
-		{Kind: policy.KindCluster, Name: "a.b-c"},
-		{Kind: policy.KindNamespace, Namespace: "team-a", Name: "x.y"},
+func TestFileNames(t *testing.T) {
+	for k, want := range map[Key]string{
+		{Kind: policy.KindCluster, Name: "a.b-c"}:                    "ClusterImagePolicy.yaml",
+		{Kind: policy.KindNamespace, Namespace: "team-a", Name: "x"}: "ImagePolicy_team-a.yaml",
 	} {
-		got, ok := KeyFromFileName(k.FileName())
-		if !ok || got != k {
-			t.Errorf("KeyFromFileName(%q) = %v, %v; want %v", k.FileName(), got, ok, k)
+		if got := k.FileName(); got != want || !ourFile(got) {
+			t.Errorf("%v: file %q (ours: %v), want %q", k, got, ourFile(got), want)
 		}
 	}
-	for _, f := range []string{"README.md", "ImagePolicy_a.yaml", "ClusterImagePolicy_a_b.yaml", "ImagePolicy_A_b.yaml", ".x.yaml", "Other_a.yaml"} {
-		if k, ok := KeyFromFileName(f); ok {
-			t.Errorf("KeyFromFileName(%q) = %v, want not ours", f, k)
+	for _, f := range []string{"README.md", "ImagePolicy_.yaml", "ImagePolicy_A.yaml", "ImagePolicy_a_b.yaml", ".ImagePolicy_a.yaml.tmp-1", "ClusterImagePolicy_a.yaml"} {
+		if ourFile(f) {
+			t.Errorf("ourFile(%q) = true", f)
 		}
 	}
 }

@@ -1,0 +1,270 @@
+package policysync
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/pullguard/pullguard/plugin/policy"
+)
+
+// MaxObjects bounds how many policy objects one node renders, so a flood of objects cannot fill
+// the node's disk or make every policy reload slow.
+const MaxObjects = 10000
+
+// docSeparator separates the rendered objects of one file. Render's output never contains it:
+// it starts every document with a comment and the YAML encoder never emits a document marker.
+const docSeparator = "---\n"
+
+// Store is the synced directory: one file per group of objects (Key.FileName), each replaced
+// by writing a temporary file, syncing it and renaming it over the old one, so the host daemon
+// only ever sees a whole group. Only changed groups are written.
+type Store struct {
+	Dir string
+}
+
+// Load reads what the agent wrote last time, by object. A missing directory is an empty set.
+// Documents that do not parse are left out (and reported in skipped): the next Write replaces
+// their file.
+func (s Store) Load() (files map[Key][]byte, skipped []string, err error) {
+	files = map[Key][]byte{}
+	entries, err := os.ReadDir(s.Dir)
+	if os.IsNotExist(err) {
+		return files, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read synced policies %s: %w", s.Dir, err)
+	}
+	for _, e := range entries {
+		if !ourFile(e.Name()) || !e.Type().IsRegular() {
+			continue
+		}
+		path := filepath.Join(s.Dir, e.Name())
+		data, err := readBounded(path, policy.MaxPolicyFileBytes)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, doc := range bytes.Split(data, []byte("\n"+docSeparator)) {
+			if len(bytes.TrimSpace(doc)) == 0 {
+				continue
+			}
+			doc = append(bytes.TrimSuffix(doc, []byte("\n")), '\n')
+			ps, err := policy.ParseYAML(doc, path)
+			if err != nil || len(ps) != 1 {
+				skipped = append(skipped, fmt.Sprintf("%s: %v", path, err))
+				continue
+			}
+			k := Key{Kind: ps[0].Kind, Namespace: ps[0].Namespace, Name: ps[0].Name}
+			if k.FileName() != e.Name() {
+				skipped = append(skipped, fmt.Sprintf("%s: holds %s, which belongs in %s", path, k, k.FileName()))
+				continue
+			}
+			files[k] = doc
+		}
+	}
+	return files, skipped, nil
+}
+
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read synced policy: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read synced policy %s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("read synced policy %s: larger than %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+// Write makes the directory hold exactly files (rendered objects by key). It reports whether
+// anything changed. A group whose file would exceed policy.MaxPolicyFileBytes is not written
+// (its previous file stays) and reported in the error, after every other group is written.
+func (s Store) Write(files map[Key][]byte) (bool, error) {
+	if len(files) > MaxObjects {
+		return false, fmt.Errorf("write synced policies: %d objects, more than %d", len(files), MaxObjects)
+	}
+	groups := map[string][]Key{}
+	for k := range files {
+		groups[k.FileName()] = append(groups[k.FileName()], k)
+	}
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return false, fmt.Errorf("create %s: %w", s.Dir, err)
+	}
+	changed := false
+	var errs []string
+	names := make([]string, 0, len(groups))
+	for n := range groups {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		keys := groups[name]
+		slices.SortFunc(keys, func(a, b Key) int { return strings.Compare(a.Name, b.Name) })
+		var buf bytes.Buffer
+		for i, k := range keys {
+			if i > 0 {
+				buf.WriteString(docSeparator)
+			}
+			buf.Write(files[k])
+		}
+		if buf.Len() > policy.MaxPolicyFileBytes {
+			errs = append(errs, fmt.Sprintf("%s: %d objects render to more than %d bytes; its previous file stays", name, len(keys), policy.MaxPolicyFileBytes))
+			continue
+		}
+		path := filepath.Join(s.Dir, name)
+		if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, buf.Bytes()) {
+			continue
+		}
+		if err := writeAtomic(path, buf.Bytes()); err != nil {
+			return changed, err
+		}
+		changed = true
+	}
+	// Groups with no objects left: their file goes.
+	entries, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return changed, fmt.Errorf("read synced policies %s: %w", s.Dir, err)
+	}
+	for _, e := range entries {
+		if ourFile(e.Name()) && groups[e.Name()] == nil {
+			if err := os.Remove(filepath.Join(s.Dir, e.Name())); err != nil {
+				return changed, fmt.Errorf("remove synced policy %s: %w", e.Name(), err)
+			}
+			changed = true
+		}
+	}
+	if changed {
+		if err := syncDir(s.Dir); err != nil {
+			return changed, err
+		}
+	}
+	if len(errs) > 0 {
+		return changed, fmt.Errorf("write synced policies: %s", strings.Join(errs, "; "))
+	}
+	return changed, nil
+}
+
+// writeAtomic writes data to a temporary file beside path, syncs it and renames it over path.
+// The temporary name starts with '.', which policy.LoadDir skips.
+func writeAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// swapDir makes files (name -> content) the content of link, a symlink to a complete sibling
+// directory ".<base>-<hash>", swapped with one rename (used for signer trust stores, which
+// notation reads as a directory).
+func swapDir(link string, files map[string][]byte) (bool, error) {
+	parent := filepath.Dir(link)
+	prefix := "." + filepath.Base(link) + "-"
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	h := sha256.New()
+	for _, n := range names {
+		fmt.Fprintf(h, "%q %d\n", n, len(files[n]))
+		h.Write(files[n])
+	}
+	target := prefix + hex.EncodeToString(h.Sum(nil))[:16]
+	if cur, err := os.Readlink(link); err == nil && cur == target {
+		if _, err := os.Stat(filepath.Join(parent, target)); err == nil {
+			return false, nil
+		}
+	}
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return false, fmt.Errorf("create %s: %w", parent, err)
+	}
+	dir := filepath.Join(parent, target)
+	if err := os.RemoveAll(dir); err != nil {
+		return false, fmt.Errorf("clear %s: %w", dir, err)
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return false, fmt.Errorf("create %s: %w", dir, err)
+	}
+	for _, n := range names {
+		if err := writeAtomic(filepath.Join(dir, n), files[n]); err != nil {
+			_ = os.RemoveAll(dir)
+			return false, err
+		}
+	}
+	if err := syncDir(dir); err != nil {
+		_ = os.RemoveAll(dir)
+		return false, err
+	}
+	// A real directory where the link belongs (made by hand) cannot be replaced by a rename;
+	// it is moved aside once, not deleted: it may hold someone's work.
+	if fi, err := os.Lstat(link); err == nil && fi.IsDir() {
+		if err := os.Rename(link, filepath.Join(parent, prefix+"previous")); err != nil {
+			return false, fmt.Errorf("move aside %s: %w", link, err)
+		}
+	}
+	tmp := link + ".tmp"
+	_ = os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return false, fmt.Errorf("link %s: %w", link, err)
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		return false, fmt.Errorf("swap %s: %w", link, err)
+	}
+	// The old directory is deleted next; the swap must be on disk first.
+	if err := syncDir(parent); err != nil {
+		return true, err
+	}
+	entries, err := os.ReadDir(parent)
+	if err == nil {
+		for _, e := range entries {
+			n := e.Name()
+			if strings.HasPrefix(n, prefix) && n != target && n != prefix+"previous" {
+				_ = os.RemoveAll(filepath.Join(parent, n))
+			}
+		}
+	}
+	return true, nil
+}
+
+// syncDir makes a directory's entries (renames, removals) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
