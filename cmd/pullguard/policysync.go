@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 
 	"github.com/pullguard/pullguard/config"
 	"github.com/pullguard/pullguard/daemonset/policysync"
+	"github.com/pullguard/pullguard/plugin/policy"
 )
 
 // runPolicySync runs the agent that renders ImagePolicy / ClusterImagePolicy objects into the
@@ -27,7 +31,8 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.SetOutput(stderr)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: the pod's service account)")
 	dir := fs.String("dir", "/host/etc/pullguard/crd-policies", "synced policy directory, as seen by this process (a symlink the agent swaps)")
-	nodeConfig := fs.String("node-config", "/host/etc/pullguard/config.toml", "the node's config.toml, for the signer names policies may use (\"\" = do not check)")
+	nodeConfig := fs.String("node-config", "/host/etc/pullguard/config.toml", "the node's config.toml: objects naming signers it does not define, or duplicating its policies, are rejected (\"\" = do not check)")
+	hostRoot := fs.String("host-root", "/host", "where the host's root is mounted: the node config's paths are the host's")
 	namespace := fs.String("namespace", "", "pullguard's namespace, for the status Lease (default: $POD_NAMESPACE, else the service account's)")
 	identity := fs.String("identity", "", "this agent's name in the Lease and Events (default: $NODE_NAME, else the host name)")
 	health := fs.String("health-address", "", "serve /healthz and /readyz here, e.g. :9466 (\"\" = off)")
@@ -76,8 +81,9 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 		opts.SignerSecrets = &policysync.SignerSecrets{Client: kube.CoreV1(), Namespace: opts.Namespace, Dir: *signersDir}
 	}
 	if *nodeConfig != "" {
-		path := *nodeConfig
+		path, root := *nodeConfig, *hostRoot
 		opts.Signers = func() ([]string, error) { return signerNames(path) }
+		opts.NodePolicies = func() ([]policy.Policy, error) { return nodePolicies(path, root) }
 	}
 	agent, err := policysync.New(opts)
 	if err != nil {
@@ -120,6 +126,44 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // signerNames reads the signer names of the node config without checking its paths: the agent
 // sees the host's files under another root, and the daemon validates them anyway.
 func signerNames(path string) ([]string, error) {
+	c, err := parseNodeConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(c.Signers))
+	for _, s := range c.Signers {
+		names = append(names, s.Name)
+	}
+	return names, nil
+}
+
+// nodePolicies returns the node's inline policies and those of its [policy] dir (read under
+// root), leaving out the synced directory the agent itself writes.
+func nodePolicies(path, root string) ([]policy.Policy, error) {
+	c, err := parseNodeConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []policy.Policy
+	for i := range c.Inline {
+		p, err := c.Inline[i].Policy(fmt.Sprintf("%s#policies[%d]", path, i))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	if c.Policy.Dir != "" {
+		dir := filepath.Join(root, c.Policy.Dir)
+		ps, err := policy.LoadDir(dir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		out = append(out, ps...)
+	}
+	return out, nil
+}
+
+func parseNodeConfig(path string) (*config.Config, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("node config: %w", err)
@@ -131,15 +175,7 @@ func signerNames(path string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node config: %w", err)
 	}
-	c, err := config.Parse(data, path)
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, 0, len(c.Signers))
-	for _, s := range c.Signers {
-		names = append(names, s.Name)
-	}
-	return names, nil
+	return config.Parse(data, path)
 }
 
 const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"

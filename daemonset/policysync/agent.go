@@ -54,6 +54,11 @@ type Options struct {
 	// Signers returns the signer names defined in the node config; nil skips the check. An
 	// error (node config unreadable) skips it too, loudly: the daemon judges the set anyway.
 	Signers func() ([]string, error)
+	// NodePolicies returns the policies of the node's other sources (config.toml inline, the
+	// policy directory). An object with the same kind, namespace and name as one of them is
+	// rejected: the daemon refuses a set with duplicates, so one such object would freeze every
+	// later policy change on the node. nil skips the check; an error skips it too, loudly.
+	NodePolicies func() ([]policy.Policy, error)
 	// Probe checks that the API server answers (e.g. GET /readyz); nil leaves connectivity to
 	// the watches' errors.
 	Probe func(ctx context.Context) error
@@ -271,6 +276,8 @@ func (a *Agent) sync(ctx context.Context) {
 		return
 	}
 	known, sigHash := a.signers(ctx)
+	others, othersHash := a.nodePolicies(ctx)
+	sigHash += "|" + othersHash
 	var objs []observed
 	a.mu.Lock()
 	seen := map[Key]bool{}
@@ -290,9 +297,12 @@ func (a *Agent) sync(ctx context.Context) {
 			if v == nil || v.uid != obj.UID || v.rv != obj.ResourceVersion || v.signers != sigHash {
 				v = &verdict{uid: obj.UID, rv: obj.ResourceVersion, generation: obj.Generation, signers: sigHash}
 				r, err := Render(obj, a.opts.Dir, known)
-				if err != nil {
+				switch {
+				case err != nil:
 					v.err = err
-				} else {
+				case others[obj.Key] != "":
+					v.err = fmt.Errorf("%s is also defined in %s on this node; the daemon refuses duplicate policies: rename the object", obj.Key, others[obj.Key])
+				default:
 					v.data = r.Data
 				}
 				if v.err != nil && (a.verdicts[obj.Key] == nil || a.verdicts[obj.Key].err == nil || a.verdicts[obj.Key].err.Error() != v.err.Error()) {
@@ -375,6 +385,27 @@ func (a *Agent) signers(ctx context.Context) (SignerCheck, string) {
 type observed struct {
 	key Key
 	u   *unstructured.Unstructured
+}
+
+// nodePolicies maps the keys of the node's other policies to their sources, with a hash of the
+// map so that a change there re-evaluates objects.
+func (a *Agent) nodePolicies(ctx context.Context) (map[Key]string, string) {
+	if a.opts.NodePolicies == nil {
+		return nil, "unchecked"
+	}
+	ps, err := a.opts.NodePolicies()
+	if err != nil {
+		a.log.WarnContext(ctx, "node policies unreadable; objects are not checked against them here (the daemon still is)", "error", err.Error())
+		return nil, "unchecked"
+	}
+	out := make(map[Key]string, len(ps))
+	h := sha256.New()
+	for _, p := range ps {
+		k := Key{Kind: p.Kind, Namespace: p.Namespace, Name: p.Name}
+		out[k] = p.Source
+		fmt.Fprintf(h, "%s\x00%s\n", k, p.Source)
+	}
+	return out, hex.EncodeToString(h.Sum(nil))
 }
 
 func objectOf(kind policy.Kind, u *unstructured.Unstructured) Object {

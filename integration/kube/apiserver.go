@@ -90,15 +90,21 @@ const (
 
 // Server is a running etcd + kube-apiserver pair.
 type Server struct {
-	Dir    string
-	URL    string
-	caPEM  []byte
-	tokens map[string]string // user -> token
-	bins   Binaries
-	port   int
-	etcd   *exec.Cmd
-	api    *exec.Cmd
-	// Users lists extra token users (name -> groups) created at Start.
+	Dir     string
+	URL     string
+	caPEM   []byte
+	tokens  map[string]string // user -> token
+	bins    Binaries
+	port    int
+	etcdURL string
+	etcd    *proc
+	api     *proc
+}
+
+// proc is a started process; done closes when it has exited.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
 }
 
 // Options for Start.
@@ -121,12 +127,13 @@ func Start(ctx context.Context, bins Binaries, opts Options) (*Server, error) {
 	s.port = apiPort
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(etcdPort)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(peerPort)
-	s.etcd = exec.Command(bins.Etcd,
+	s.etcdURL = etcdURL
+	etcd := exec.Command(bins.Etcd,
 		"--name", "pg", "--data-dir", filepath.Join(s.Dir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
 		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
 		"--initial-cluster", "pg="+peerURL, "--unsafe-no-fsync", "--log-level", "warn")
-	if err := s.startLogged(s.etcd, "etcd.log"); err != nil {
+	if s.etcd, err = s.startLogged(etcd, "etcd.log"); err != nil {
 		return nil, err
 	}
 	if err := waitTCP(ctx, "127.0.0.1:"+strconv.Itoa(etcdPort), 30*time.Second); err != nil {
@@ -134,7 +141,7 @@ func Start(ctx context.Context, bins Binaries, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("etcd did not start: %w\n%s", err, s.logTail("etcd.log"))
 	}
 	s.URL = "https://127.0.0.1:" + strconv.Itoa(apiPort)
-	if err := s.StartAPIServer(ctx, etcdURL); err != nil {
+	if err := s.StartAPIServer(ctx); err != nil {
 		s.Stop()
 		return nil, err
 	}
@@ -142,13 +149,10 @@ func Start(ctx context.Context, bins Binaries, opts Options) (*Server, error) {
 }
 
 // StartAPIServer (re)starts kube-apiserver on the same port; etcd keeps the data.
-func (s *Server) StartAPIServer(ctx context.Context, etcdURL string) error {
-	if etcdURL == "" {
-		etcdURL = s.etcdURL()
-	}
+func (s *Server) StartAPIServer(ctx context.Context) error {
 	f := func(n string) string { return filepath.Join(s.Dir, n) }
-	s.api = exec.Command(s.bins.APIServer,
-		"--etcd-servers", etcdURL,
+	api := exec.Command(s.bins.APIServer,
+		"--etcd-servers", s.etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(s.port),
 		"--tls-cert-file", f("serving.crt"), "--tls-private-key-file", f("serving.key"),
 		"--client-ca-file", f("ca.crt"),
@@ -162,7 +166,8 @@ func (s *Server) StartAPIServer(ctx context.Context, etcdURL string) error {
 		"--disable-admission-plugins", "ServiceAccount",
 		"--cert-dir", f("certs"),
 		"-v", "1")
-	if err := s.startLogged(s.api, "kube-apiserver.log"); err != nil {
+	var err error
+	if s.api, err = s.startLogged(api, "kube-apiserver.log"); err != nil {
 		return err
 	}
 	rc, err := s.Config(AdminUser)
@@ -181,23 +186,16 @@ func (s *Server) StartAPIServer(ctx context.Context, etcdURL string) error {
 		if res.Error() == nil {
 			return nil
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil || s.api.ProcessState != nil {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("kube-apiserver not ready: %v\n%s", res.Error(), s.logTail("kube-apiserver.log"))
 		}
 		select {
 		case <-ctx.Done():
+		case <-s.api.done:
+			return fmt.Errorf("kube-apiserver exited: %v\n%s", res.Error(), s.logTail("kube-apiserver.log"))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-func (s *Server) etcdURL() string {
-	for i, a := range s.etcd.Args {
-		if a == "--listen-client-urls" {
-			return s.etcd.Args[i+1]
-		}
-	}
-	return ""
 }
 
 // StopAPIServer ends kube-apiserver (etcd keeps running): an API server outage.
@@ -213,18 +211,16 @@ func (s *Server) Stop() {
 	s.api, s.etcd = nil, nil
 }
 
-func stop(c *exec.Cmd) {
-	if c == nil || c.Process == nil {
+func stop(p *proc) {
+	if p == nil {
 		return
 	}
-	_ = c.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = c.Wait(); close(done) }()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-done:
+	case <-p.done:
 	case <-time.After(10 * time.Second):
-		_ = c.Process.Kill()
-		<-done
+		_ = p.cmd.Process.Kill()
+		<-p.done
 	}
 }
 
@@ -243,20 +239,21 @@ func (s *Server) Config(user string) (*rest.Config, error) {
 	}, nil
 }
 
-func (s *Server) startLogged(c *exec.Cmd, logName string) error {
+func (s *Server) startLogged(c *exec.Cmd, logName string) (*proc, error) {
 	lf, err := os.OpenFile(filepath.Join(s.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("log file: %w", err)
+		return nil, fmt.Errorf("log file: %w", err)
 	}
 	c.Stdout, c.Stderr = lf, lf
 	// Its own process group, so a test's end never leaves it orphaned with a terminal signal.
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.Start(); err != nil {
 		lf.Close()
-		return fmt.Errorf("start %s: %w", c.Path, err)
+		return nil, fmt.Errorf("start %s: %w", c.Path, err)
 	}
-	go func() { _ = c.Wait(); lf.Close() }()
-	return nil
+	p := &proc{cmd: c, done: make(chan struct{})}
+	go func() { _ = c.Wait(); lf.Close(); close(p.done) }()
+	return p, nil
 }
 
 // logTail returns the end of a log file, for failure messages.

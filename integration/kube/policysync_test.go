@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/pullguard/pullguard/daemonset/policysync"
+	"github.com/pullguard/pullguard/plugin/policy"
 )
 
 // The CRD's OpenAPI schema and CEL rules turn away what plugin/policy would reject, at apply
@@ -262,7 +263,7 @@ func TestRestartAndOutageKeepPolicies(t *testing.T) {
 	apiUp := false
 	t.Cleanup(func() {
 		if !apiUp { // leave the shared server running for the other tests
-			if err := srv.StartAPIServer(context.Background(), ""); err != nil {
+			if err := srv.StartAPIServer(context.Background()); err != nil {
 				t.Errorf("restart API server: %v", err)
 			}
 		}
@@ -289,7 +290,7 @@ func TestRestartAndOutageKeepPolicies(t *testing.T) {
 		t.Fatalf("restart during outage: decision lost (err %v)", err)
 	}
 
-	if err := srv.StartAPIServer(ctx, ""); err != nil {
+	if err := srv.StartAPIServer(ctx); err != nil {
 		t.Fatal(err)
 	}
 	apiUp = true
@@ -401,5 +402,33 @@ func TestSignerSecretBecomesTrustStore(t *testing.T) {
 	})
 	if _, err := os.Stat(filepath.Join(base, "signers", "release-team-a")); !os.IsNotExist(err) {
 		t.Errorf("a Secret outside pullguard's namespace reached the node: %v", err)
+	}
+}
+
+// An object named like a policy the node already has from another source (config.toml, the
+// policy directory) is rejected: the daemon would refuse the whole set with a duplicate.
+func TestDuplicateOfNodePolicyRejected(t *testing.T) {
+	srv := server(t)
+	ctx := context.Background()
+	admin := dynamicFor(t, srv, AdminUser)
+	dir := filepath.Join(t.TempDir(), "crd-policies")
+	opts := agentOpts(t, srv, dir, "node-d")
+	opts.NodePolicies = func() ([]policy.Policy, error) {
+		return []policy.Policy{{Kind: policy.KindNamespace, Namespace: "team-b", Name: "dup", Source: "/etc/pullguard/policies/dup.yaml"}}, nil
+	}
+	a, _ := runAgent(t, opts)
+	for _, name := range []string{"dup", "fine"} {
+		if _, err := policies(admin, "team-b").Create(ctx, policyObject("team-b", name, repos(name+".example.com/*")), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = policies(admin, "team-b").Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	}
+	expectDecision(t, dir, "team-b", "fine.example.com/x:1", true, "team-b/fine")
+	waitCondition(t, admin, "team-b", "dup", "False", "also defined in /etc/pullguard/policies/dup.yaml")
+	if ok, _, _ := decide(dir, "team-b", "dup.example.com/x:1"); ok {
+		t.Error("the duplicate reached the node")
+	}
+	if h := a.Health(); h.Rejected != 1 {
+		t.Errorf("rejected = %d, want 1", h.Rejected)
 	}
 }
