@@ -15,7 +15,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -30,7 +31,7 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs := flag.NewFlagSet("policy-sync", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: the pod's service account)")
-	dir := fs.String("dir", "/host/etc/pullguard/crd-policies", "synced policy directory, as seen by this process (a symlink the agent swaps)")
+	dir := fs.String("dir", "/host/etc/pullguard/crd-policies", "synced policy directory as this process sees it (the node config's [policy] synced_dir on the host)")
 	nodeConfig := fs.String("node-config", "/host/etc/pullguard/config.toml", "the node's config.toml: objects naming signers it does not define, or duplicating its policies, are rejected (\"\" = do not check)")
 	hostRoot := fs.String("host-root", "/host", "where the host's root is mounted: the node config's paths are the host's")
 	namespace := fs.String("namespace", "", "pullguard's namespace, for the status Lease (default: $POD_NAMESPACE, else the service account's)")
@@ -59,26 +60,32 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "pullguard policy-sync: dynamic client:", err)
 		return 2
 	}
-	kube, err := kubernetes.NewForConfig(cfg)
+	// Only the two typed clients the agent needs, not the whole clientset.
+	core, err := corev1client.NewForConfig(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "pullguard policy-sync: client:", err)
+		return 2
+	}
+	coord, err := coordinationv1client.NewForConfig(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "pullguard policy-sync: client:", err)
 		return 2
 	}
 	opts := policysync.Options{
 		Client:        dyn,
-		Events:        kube.CoreV1(),
-		Leases:        kube.CoordinationV1(),
+		Events:        core,
+		Leases:        coord,
 		Dir:           *dir,
 		Namespace:     orDefault(*namespace, podNamespace()),
 		Identity:      orDefault(*identity, nodeName()),
 		DisableStatus: *noStatus,
 		Probe: func(ctx context.Context) error {
-			return kube.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
+			return core.RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
 		},
 		Logger: log,
 	}
 	if *signersDir != "" {
-		opts.SignerSecrets = &policysync.SignerSecrets{Client: kube.CoreV1(), Namespace: opts.Namespace, Dir: *signersDir}
+		opts.SignerSecrets = &policysync.SignerSecrets{Client: core, Namespace: opts.Namespace, Dir: *signersDir}
 	}
 	if *nodeConfig != "" {
 		path, root := *nodeConfig, *hostRoot
