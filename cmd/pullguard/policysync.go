@@ -19,6 +19,7 @@ import (
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/pullguard/pullguard/config"
 	"github.com/pullguard/pullguard/daemonset/policysync"
@@ -48,6 +49,8 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return 2
 	}
 	log := jsonLogger(stderr)
+	// client-go logs through klog (leader election, reflector errors): into the same JSON stream.
+	klog.SetSlogLogger(log)
 	cfg, err := restConfig(*kubeconfig)
 	if err != nil {
 		fmt.Fprintln(stderr, "pullguard policy-sync:", err)

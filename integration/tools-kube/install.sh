@@ -4,7 +4,9 @@
 # agent against a real API server. No downloads besides Go modules; no container images.
 # Idempotent: skipped when the stamp (go.mod + go.sum + Go version) matches and both binaries exist.
 #
-# A cold build takes ~9 min on 2 cores (~1.8 GB peak memory); a warm Go build cache ~1 min.
+# A cold build takes ~9 min on 2 idle cores (~1.8 GB peak memory; 54 min measured on a 2-core
+# machine shared with other builds, load average 20-58); a warm Go build cache ~1 min. CI should
+# cache .tools/bin keyed on this directory's go.sum.
 #
 # Env: PULLGUARD_TOOLS_BIN  where binaries go (default <repo>/.tools/bin)
 set -euo pipefail
