@@ -21,7 +21,7 @@ build:
 tools:
 	bash integration/tools/install.sh
 
-test: lint test-unit test-integration
+test: tools lint test-unit test-integration
 
 test-unit:
 	$(GO) test -race -short -timeout $(UNIT_TIMEOUT) ./...
