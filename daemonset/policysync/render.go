@@ -118,9 +118,11 @@ func Render(obj Object, dir string, known SignerCheck) (*Rendered, error) {
 	if err != nil {
 		return nil, fmt.Errorf("render %s: %w", obj.Key, err)
 	}
-	header := fmt.Sprintf("# Rendered by pullguard's policy-sync agent from %s (uid %s, generation %d, resourceVersion %s).\n"+
-		"# Do not edit: the agent replaces this directory. Edit the object with kubectl instead.\n",
-		obj.Key, obj.UID, obj.Generation, obj.ResourceVersion)
+	// No resourceVersion here: it changes with every status write, and the file (and so every
+	// node's daemon) must only change when the spec does.
+	header := fmt.Sprintf("# Rendered by pullguard's policy-sync agent from %s (uid %s, generation %d).\n"+
+		"# Do not edit: the agent rewrites this file. Edit the object with kubectl instead.\n",
+		obj.Key, obj.UID, obj.Generation)
 	data := append([]byte(header), body...)
 	if len(data) > policy.MaxPolicyFileBytes {
 		return nil, fmt.Errorf("%s: rendered policy is larger than %d bytes", obj.Key, policy.MaxPolicyFileBytes)
