@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc/codes"
 
 	"github.com/pullguard/pullguard/plugin/cache"
@@ -40,7 +41,7 @@ func newMetrics() *metrics {
 		}, []string{"method", "code"}),
 	}
 	m.registry.MustRegister(m.decisions, m.latency, m.reloads, m.upstream,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
