@@ -17,9 +17,11 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/pullguard ./cmd/pullguard
 
-# Pinned containerd, runc, registry, crictl, notation, oras, crane into .tools/bin.
+# Pinned containerd, runc, registry, crictl, notation, oras, crane, staticcheck,
+# and kube-apiserver + etcd (for the policy CRD tests) into .tools/bin.
 tools:
 	bash integration/tools/install.sh
+	bash integration/tools-kube/install.sh
 
 test: tools lint test-unit test-integration
 
