@@ -5,7 +5,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -93,7 +95,11 @@ type Decision struct {
 
 // Policy is [policy].
 type Policy struct {
-	Dir         string `toml:"dir"`          // YAML/TOML policy files; "" = inline policies only
+	Dir string `toml:"dir"` // YAML/TOML policy files; "" = inline policies only
+	// SyncedDir is where the policy-sync agent renders the cluster's ImagePolicy and
+	// ClusterImagePolicy objects (daemonset/policysync); "" = none. A missing directory is an
+	// empty set: the agent creates it on its first sync.
+	SyncedDir   string `toml:"synced_dir"`
 	DefaultMode string `toml:"default_mode"` // enforce|audit
 }
 
@@ -286,17 +292,26 @@ func (c *Config) Policies() ([]policy.Policy, error) {
 		}
 		out = append(out, p)
 	}
-	if c.Policy.Dir == "" {
-		return out, nil
+	if c.Policy.Dir != "" {
+		if _, err := os.Stat(c.Policy.Dir); os.IsNotExist(err) {
+			return nil, fmt.Errorf("[policy] dir %s does not exist (set dir = \"\" to use inline policies only)", c.Policy.Dir)
+		}
+		dir, err := policy.LoadDir(c.Policy.Dir)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, dir...)
 	}
-	if _, err := os.Stat(c.Policy.Dir); os.IsNotExist(err) {
-		return nil, fmt.Errorf("[policy] dir %s does not exist (set dir = \"\" to use inline policies only)", c.Policy.Dir)
+	// Synced policies come last: on a tie between equally specific patterns the earlier
+	// sources win (see daemonset/POLICIES.md).
+	if c.Policy.SyncedDir != "" {
+		synced, err := policy.LoadDir(c.Policy.SyncedDir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		out = append(out, synced...)
 	}
-	dir, err := policy.LoadDir(c.Policy.Dir)
-	if err != nil {
-		return nil, err
-	}
-	return append(out, dir...), nil
+	return out, nil
 }
 
 func (c *Config) sourceName() string {
@@ -308,7 +323,7 @@ func (c *Config) sourceName() string {
 
 // fsPaths lists the settings that name files or directories on the node.
 func (c *Config) fsPaths() []*string {
-	ps := []*string{&c.Server.StateDir, &c.Policy.Dir, &c.Registry.HostsDir, &c.Cache.File}
+	ps := []*string{&c.Server.StateDir, &c.Policy.Dir, &c.Policy.SyncedDir, &c.Registry.HostsDir, &c.Cache.File}
 	for i := range c.Signers {
 		ps = append(ps, &c.Signers[i].TrustStore, &c.Signers[i].TimestampStore)
 	}

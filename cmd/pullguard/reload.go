@@ -86,7 +86,7 @@ func fingerprint(cfg *config.Config, path string) (string, error) {
 	if cfg != nil {
 		// Policies and trust stores (ConfigMap/Secret mounts swap a symlink)
 		// are part of what a reload must notice.
-		dirs := []string{cfg.Policy.Dir}
+		dirs := []string{cfg.Policy.Dir, cfg.Policy.SyncedDir}
 		for _, sg := range cfg.Signers {
 			dirs = append(dirs, sg.TrustStore, sg.TimestampStore)
 		}
