@@ -187,6 +187,18 @@ func TestServeReloadsOnChangeAndKeepsLastGoodConfig(t *testing.T) {
 		t.Errorf("rejection logged %d times, want once", n)
 	}
 
+	resp, err := http.Get("http://" + s.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`pullguard_config_reloads_total{result="ok"} 1`, `pullguard_config_reloads_total{result="rejected"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
 	// Unknown keys are rejected by name.
 	writeConfig(t, s.config, s.socket, s.metrics, denyAll+"\nbogus_key = 1\n")
 	s.waitFor("the unknown key to be rejected by name", func() bool { return strings.Contains(s.logs.String(), "bogus_key") })
