@@ -154,6 +154,11 @@ type Registry struct {
 	MaxBlobBytes       int64    `toml:"max_blob_bytes"`
 	MaxSignatures      int      `toml:"max_signatures"`
 	MaxReferrers       int      `toml:"max_referrers"`
+	// AuthFile is a docker config.json (e.g. a mounted kubernetes.io/dockerconfigjson
+	// Secret) whose credentials are used when a request carries none for a registry:
+	// create-time verification of images never pulled through pullguard, and pulls
+	// without imagePullSecrets. "" = none.
+	AuthFile string `toml:"auth_file"`
 }
 
 // Cache is [cache]: the decision facts cache.
@@ -323,7 +328,7 @@ func (c *Config) sourceName() string {
 
 // fsPaths lists the settings that name files or directories on the node.
 func (c *Config) fsPaths() []*string {
-	ps := []*string{&c.Server.StateDir, &c.Policy.Dir, &c.Policy.SyncedDir, &c.Registry.HostsDir, &c.Cache.File}
+	ps := []*string{&c.Server.StateDir, &c.Policy.Dir, &c.Policy.SyncedDir, &c.Registry.HostsDir, &c.Registry.AuthFile, &c.Cache.File}
 	for i := range c.Signers {
 		ps = append(ps, &c.Signers[i].TrustStore, &c.Signers[i].TimestampStore)
 	}

@@ -163,6 +163,13 @@ func (c *Config) Validate() error {
 			add("[registry] insecure_skip_verify: %v", err)
 		}
 	}
+	if r.AuthFile != "" {
+		if fi, err := os.Stat(r.AuthFile); err != nil {
+			add("[registry] auth_file: %v", err)
+		} else if fi.IsDir() {
+			add("[registry] auth_file: %s is a directory, want a docker config.json", r.AuthFile)
+		}
+	}
 	for _, f := range r.CAFiles {
 		if fi, err := os.Stat(f); err != nil {
 			add("[registry] ca_files: %v", err)

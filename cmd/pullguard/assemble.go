@@ -74,6 +74,11 @@ func assemble(_ context.Context, cfg *config.Config, sh shared) (*components, er
 	if sh.facts != nil {
 		opts.Facts = sh.facts
 	}
+	if f := cfg.Registry.AuthFile; f != "" {
+		if opts.NodeCredentials, err = registry.LoadDockerConfig(f); err != nil {
+			return nil, fmt.Errorf("[registry] auth_file: %w", err)
+		}
+	}
 
 	imageSigners, err := loadSigners(cfg, func(name string) bool { return !slices.Contains(cfg.VA.ScannerSigners, name) })
 	if err != nil {

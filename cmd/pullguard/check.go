@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -85,62 +83,9 @@ func checkCredentials(username string, passwordStdin bool, dockerConfig string, 
 	case passwordStdin:
 		return nil, errors.New("--password-stdin needs --username")
 	case dockerConfig != "":
-		return dockerConfigCredentials(dockerConfig)
+		return registry.LoadDockerConfig(dockerConfig)
 	}
 	return nil, nil
-}
-
-// dockerConfigCredentials reads the "auths" of a docker config.json, as
-// kubelet's imagePullSecrets carry them.
-func dockerConfigCredentials(path string) (func(string) *registry.Credentials, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read docker config: %w", err)
-	}
-	var doc struct {
-		Auths map[string]struct {
-			Auth          string `json:"auth"`
-			Username      string `json:"username"`
-			Password      string `json:"password"`
-			IdentityToken string `json:"identitytoken"`
-			RegistryToken string `json:"registrytoken"`
-		} `json:"auths"`
-	}
-	if err := json.Unmarshal(data, &doc); err != nil {
-		// The decoder's message never quotes secret values at length, but
-		// say only where the problem is.
-		return nil, fmt.Errorf("parse docker config %s: invalid JSON", path)
-	}
-	byHost := map[string]*registry.Credentials{}
-	for server, a := range doc.Auths {
-		host := normalizeAuthHost(server)
-		user, pass := a.Username, a.Password
-		if a.Auth != "" {
-			raw, err := base64.StdEncoding.DecodeString(a.Auth)
-			if err != nil {
-				return nil, fmt.Errorf("docker config %s: auth for %s is not base64", path, server)
-			}
-			u, p, ok := strings.Cut(string(raw), ":")
-			if !ok {
-				return nil, fmt.Errorf("docker config %s: auth for %s is not user:password", path, server)
-			}
-			user, pass = u, p
-		}
-		byHost[host] = &registry.Credentials{Username: user, Password: pass, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken}
-	}
-	return func(host string) *registry.Credentials { return byHost[normalizeAuthHost(host)] }, nil
-}
-
-// normalizeAuthHost maps the spellings docker config keys use for a host
-// ("https://host/v1/", "index.docker.io") to the image reference's domain.
-func normalizeAuthHost(s string) string {
-	s = strings.TrimPrefix(strings.TrimPrefix(s, "https://"), "http://")
-	s, _, _ = strings.Cut(s, "/")
-	switch s {
-	case "index.docker.io", "registry-1.docker.io":
-		return "docker.io"
-	}
-	return s
 }
 
 func printDecision(w io.Writer, d *enforce.Decision) {

@@ -95,6 +95,11 @@ func fingerprint(cfg *config.Config, path string) (string, error) {
 				return "", err
 			}
 		}
+		if f := cfg.Registry.AuthFile; f != "" {
+			if err := hashFile(h, f); err != nil && !os.IsNotExist(err) {
+				return "", err
+			}
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/distribution/reference"
 
 	"github.com/pullguard/pullguard/plugin/policy"
+	"github.com/pullguard/pullguard/plugin/registry"
 )
 
 // Options configure an Engine.
@@ -26,6 +27,9 @@ type Options struct {
 
 	// Registry opens image repositories; nil means rules with checks deny.
 	Registry RepositoryOpener
+	// NodeCredentials are the node's own registry credentials, used for a
+	// registry the request brought none for (create-time checks).
+	NodeCredentials registry.CredentialFunc
 	// Trust verifies signatures; nil means no signers are configured.
 	Trust TrustVerifier
 	// Facts caches trust facts and scan reports by content; nil verifies

@@ -60,7 +60,7 @@ func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named)
 	if e.opts.Registry == nil {
 		return nil, &failure{SignatureValidationFailed, "no registry access is configured to resolve the image"}
 	}
-	src, err := e.opts.Registry.RepositoryWith(ctx, name, req.Credentials)
+	src, err := e.opts.Registry.RepositoryWith(ctx, name, e.credentials(req))
 	if err != nil {
 		return nil, registryFailure(fmt.Sprintf("open repository %s", reference.TrimNamed(name)), err)
 	}
@@ -126,6 +126,22 @@ func sameAsNode(ctx context.Context, s *subject, body []byte, imageID string) *f
 	return &failure{SignatureValidationFailed, fmt.Sprintf(
 		"the image on the node (id %s) is not what %s names in the registry (%s): it was loaded or re-tagged on the node, so it cannot be verified; pull it through pullguard (imagePullPolicy: Always)",
 		imageID, s.name, s.desc.Digest)}
+}
+
+// credentials are the request's for a host, else the node's own.
+func (e *Engine) credentials(req Request) registry.CredentialFunc {
+	switch {
+	case e.opts.NodeCredentials == nil:
+		return req.Credentials
+	case req.Credentials == nil:
+		return e.opts.NodeCredentials
+	}
+	return func(host string) *registry.Credentials {
+		if c := req.Credentials(host); c != nil {
+			return c
+		}
+		return e.opts.NodeCredentials(host)
+	}
 }
 
 // complete fetches the descriptor of a subject known only by digest.

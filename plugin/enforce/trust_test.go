@@ -307,3 +307,46 @@ func mustSetB(b *testing.B, pols ...policy.Policy) *policy.Set {
 	}
 	return s
 }
+
+func TestCreateUsesNodeCredentialsForPrivateRegistries(t *testing.T) {
+	srv := registrytest.Start(t, registrytest.Config{Referrers: true, Username: "node", Password: "node-secret"})
+	release := trusttest.NewCA(t, "release root")
+	r := srv.Repo(t, "private/app")
+	desc := registrytest.PushImage(t, r, "v1")
+	trusttest.Sign(t, r, desc, release.Leaf(t, pkix.Name{Country: []string{"US"}, Province: []string{"WA"}, Organization: []string{"Example"}, CommonName: "release"}), trusttest.JWS)
+
+	signers, err := trust.LoadSigners([]trust.Signer{{Name: "release", TrustStoreDir: trusttest.WriteStore(t, release), Identities: []string{"*"}, Revocation: trust.RevocationSkip}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.New(registry.Options{PlainHTTP: []string{srv.Host}, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := trust.NewVerifier(trust.Options{Signers: signers, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := func(host string) *registry.Credentials {
+		if host == srv.Host {
+			return &registry.Credentials{Username: "node", Password: "node-secret"}
+		}
+		return nil
+	}
+	req := Request{Op: OpCreate, Namespace: "prod", Image: srv.Host + "/private/app:v1", Digest: desc.Digest.String()}
+
+	without := New(mustSet(t, cluster(trustRule("*"))), Options{Registry: reg, Trust: v})
+	if d := without.Decide(context.Background(), req); !d.Denied() || !strings.Contains(d.Reason, "refused access") {
+		t.Fatalf("without node credentials: %s %q", d.Verdict, d.Reason)
+	}
+	with := New(mustSet(t, cluster(trustRule("*"))), Options{Registry: reg, Trust: v, NodeCredentials: node})
+	if d := with.Decide(context.Background(), req); d.Denied() {
+		t.Fatalf("with node credentials: %s", d.Message())
+	}
+	// The request's own credentials come first: wrong ones are not papered
+	// over by the node's.
+	req.Credentials = func(string) *registry.Credentials { return &registry.Credentials{Username: "node", Password: "wrong"} }
+	if d := with.Decide(context.Background(), req); !d.Denied() {
+		t.Fatal("wrong request credentials admitted thanks to the node's")
+	}
+}
