@@ -92,6 +92,14 @@ func (s *Server) tagImage(ctx context.Context, pulledRef, tagAs, imageID string)
 		return fmt.Errorf("pulled image %s points at %s, not at its digest", canonical, target.Digest)
 	}
 
+	// A warm pull (the tag already names this content) changes nothing:
+	// no update, so no CRI cache event to wait for.
+	if cur, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: tagged.String()}); err == nil &&
+		cur.GetImage().GetTarget().GetDigest() == target.Digest &&
+		cur.GetImage().GetLabels()[criImageLabel] == criImageLabelValue {
+		return s.waitCRIImage(ctx, tagged.String(), imageID)
+	}
+
 	img := &imagesapi.Image{
 		Name:   tagged.String(),
 		Target: target,
