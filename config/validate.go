@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -104,11 +105,11 @@ func (c *Config) Validate() error {
 		signers[sg.Name] = true
 		if sg.TrustStore == "" {
 			add("%s: trust_store is required", where)
-		} else if err := checkCertDir(sg.TrustStore); err != nil {
+		} else if err := checkCertDir(sg.TrustStore, trust.LoadTrustStore); err != nil {
 			add("%s: trust_store: %v", where, err)
 		}
 		if sg.TimestampStore != "" {
-			if err := checkCertDir(sg.TimestampStore); err != nil {
+			if err := checkCertDir(sg.TimestampStore, trust.LoadTimestampStore); err != nil {
 				add("%s: timestamp_store: %v", where, err)
 			}
 		}
@@ -248,18 +249,13 @@ func checkDir(dir string) error {
 	return nil
 }
 
-func checkCertDir(dir string) error {
+// checkCertDir loads a certificate store with the loader verification uses.
+func checkCertDir(dir string, load func(string) ([]*x509.Certificate, error)) error {
 	if err := checkDir(dir); err != nil {
 		return err
 	}
-	certs, err := LoadCerts(dir)
-	if err != nil {
-		return err
-	}
-	if len(certs) == 0 {
-		return fmt.Errorf("%s holds no certificates", dir)
-	}
-	return nil
+	_, err := load(dir)
+	return err
 }
 
 // checkIdentities applies notation's own rules (plugin/trust), so a config

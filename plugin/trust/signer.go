@@ -188,6 +188,14 @@ func materialHash(s *LoadedSigner) string {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
+// LoadTrustStore reads a signer's trust store exactly as verification will
+// (CA certificates only, dotfiles skipped, symlinks followed); config
+// validation uses it so a config that validates is one whose signers load.
+func LoadTrustStore(dir string) ([]*x509.Certificate, error) { return loadCertDir(dir, false) }
+
+// LoadTimestampStore reads a timestamping store (self-signed roots only).
+func LoadTimestampStore(dir string) ([]*x509.Certificate, error) { return loadCertDir(dir, true) }
+
 // loadCertDir reads every certificate file in dir. Entries whose names start
 // with "." are skipped (a Kubernetes ConfigMap/Secret volume keeps its real
 // files under "..data" and exposes them as symlinks, which are followed).
