@@ -184,7 +184,6 @@ func BenchmarkPull(b *testing.B) {
 		b.Skip("needs containerd and a registry")
 	}
 	d := newDecisionBed(b)
-	host := d.bed.Registry.Host
 	for _, tc := range []struct {
 		name     string
 		repo     string
@@ -227,7 +226,6 @@ func BenchmarkPull(b *testing.B) {
 			}
 		})
 	}
-	_ = host
 }
 
 // BenchmarkCreateContainer: CreateContainer of an image verified at pull
