@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -38,12 +39,21 @@ type ImageStatuser interface {
 type Enforcer struct {
 	decider Decider
 	images  ImageStatuser
+	lookups *imageCache // ImageStatus results of creates; see imagecache.go
 }
 
 // NewEnforcer returns a Gate deciding with d; images maps the image IDs of
 // CreateContainer requests to their names and digests.
 func NewEnforcer(d Decider, images ImageStatuser) *Enforcer {
-	return &Enforcer{decider: d, images: images}
+	return &Enforcer{decider: d, images: images, lookups: newImageCache(time.Now, imageCacheTTL, imageCacheMax)}
+}
+
+// ImagesChanged tells the Enforcer that the runtime's images may have changed
+// (a PullImage or RemoveImage passed through the proxy): the names and
+// digests it remembers for creates are dropped, including those of lookups
+// still in flight, so the next create sees the runtime's new state.
+func (e *Enforcer) ImagesChanged() {
+	e.lookups.invalidate()
 }
 
 // ImageService is a CRI image client on the proxy's upstream connection.
@@ -114,11 +124,10 @@ func (e *Enforcer) admitImage(ctx context.Context, ns string, spec *runtimeapi.I
 	if e.images == nil {
 		return status.Error(codes.Unknown, "SignatureValidationFailed: pullguard cannot look up image "+ref+" to check it")
 	}
-	st, err := e.images.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	img, err := e.lookupImage(ctx, ref)
 	if err != nil {
-		return status.Errorf(status.Code(err), "pullguard: look up image %s: %s", ref, status.Convert(err).Message())
+		return err
 	}
-	img := st.GetImage()
 	if img == nil {
 		return nil // not on the node: containerd fails the create itself
 	}
@@ -141,6 +150,21 @@ func (e *Enforcer) admitImage(ctx context.Context, ns string, spec *runtimeapi.I
 		}
 	}
 	return nil
+}
+
+// lookupImage returns the runtime's image for ref, nil when it is not on the
+// node, from the cache when it can.
+func (e *Enforcer) lookupImage(ctx context.Context, ref string) (*runtimeapi.Image, error) {
+	img, gen, ok := e.lookups.get(ref)
+	if ok {
+		return img, nil
+	}
+	st, err := e.images.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	if err != nil {
+		return nil, status.Errorf(status.Code(err), "pullguard: look up image %s: %s", ref, status.Convert(err).Message())
+	}
+	e.lookups.put(ref, st.GetImage(), gen)
+	return st.GetImage(), nil
 }
 
 type nameDigest struct{ name, digest string }
