@@ -291,3 +291,26 @@ func TestImageCacheConcurrentEnforcer(t *testing.T) {
 		t.Errorf("ImageStatus called %d times for 400 creates, want at most %d", got, 11*4*8)
 	}
 }
+
+type admitAll struct{}
+
+func (admitAll) Decide(context.Context, enforce.Request) *enforce.Decision {
+	return &enforce.Decision{Verdict: enforce.Admit}
+}
+
+// The Enforcer's own share of a create whose image lookup is cached: name
+// extraction and the cache, without the engine (admitAll) or containerd.
+func BenchmarkEnforcerCreateCached(b *testing.B) {
+	images := &stubImages{image: cacheTestImage}
+	e := NewEnforcer(admitAll{}, images)
+	req := createByID(cacheTestID)
+	ctx := context.Background()
+	for b.Loop() {
+		if err := e.AdmitCreate(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if images.callCount() != 1 {
+		b.Fatalf("ImageStatus called %d times, want 1", images.callCount())
+	}
+}
