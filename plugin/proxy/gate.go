@@ -30,3 +30,10 @@ type PullPlan struct {
 	// it and IfNotPresent does not pull again.
 	TagAs string
 }
+
+// imageWatcher is implemented by Gates that keep facts about the images on
+// the node (the Enforcer's lookup cache): the proxy tells them when a
+// PullImage or RemoveImage that went through it has ended.
+type imageWatcher interface {
+	ImagesChanged()
+}

@@ -1,55 +1,56 @@
 package proxy
 
 import (
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // pullImage puts a PullImage call before the Gate and carries out its plan.
-func (s *Server) pullImage(ss grpc.ServerStream, g Gate) error {
-	var raw frame
-	if err := ss.RecvMsg(&raw); err != nil {
-		return err
-	}
-	defer raw.free()
+func (s *Server) pullImage(c *call, msg []byte) {
 	req := &runtimeapi.PullImageRequest{}
-	if err := proto.Unmarshal(raw.bytes(), req); err != nil {
+	if err := proto.Unmarshal(msg, req); err != nil {
 		// Undecodable means undecidable: deny rather than forward blind.
-		return status.Errorf(codes.InvalidArgument, "pullguard: decode PullImageRequest: %v", err)
+		c.refuse(status.Errorf(codes.InvalidArgument, "pullguard: decode PullImageRequest: %v", err))
+		return
 	}
-	plan, err := g.AdmitPull(ss.Context(), req)
+	plan, err := c.gate.AdmitPull(c.ctx, req)
 	if err != nil {
-		return err
+		c.refuse(err)
+		return
 	}
-	var forward any = &raw
-	pulled := req.GetImage().GetImage()
-	if plan != nil && plan.Forward != nil {
-		forward = plan.Forward
-		pulled = plan.Forward.GetImage().GetImage()
+	if plan == nil || (plan.Forward == nil && plan.TagAs == "") {
+		c.forward()
+		return
 	}
-	if plan == nil || plan.TagAs == "" {
-		return s.invoke(ss, methodPullImage, forward)
+	// The pull containerd does is not the one the client asked for: the
+	// proxy makes it on its own connection and answers the client itself.
+	if !c.release() {
+		return
 	}
-	return s.pullAndTag(ss, forward, pulled, plan.TagAs)
+	fwd := req
+	if plan.Forward != nil {
+		fwd = plan.Forward
+	}
+	ctx := metadata.NewOutgoingContext(c.ctx, c.md)
+	resp, err := s.pullAndTag(ctx, fwd, plan.TagAs)
+	s.imagesChanged()
+	c.answer(resp, err)
 }
 
-// createContainer puts a CreateContainer call before the Gate and forwards the
-// original bytes when admitted.
-func (s *Server) createContainer(ss grpc.ServerStream, g Gate) error {
-	var raw frame
-	if err := ss.RecvMsg(&raw); err != nil {
-		return err
-	}
-	defer raw.free()
+// createContainer puts a CreateContainer call before the Gate; an admitted
+// call reaches containerd byte for byte as the client sent it.
+func (s *Server) createContainer(c *call, msg []byte) {
 	req := &runtimeapi.CreateContainerRequest{}
-	if err := proto.Unmarshal(raw.bytes(), req); err != nil {
-		return status.Errorf(codes.InvalidArgument, "pullguard: decode CreateContainerRequest: %v", err)
+	if err := proto.Unmarshal(msg, req); err != nil {
+		c.refuse(status.Errorf(codes.InvalidArgument, "pullguard: decode CreateContainerRequest: %v", err))
+		return
 	}
-	if err := g.AdmitCreate(ss.Context(), req); err != nil {
-		return err
+	if err := c.gate.AdmitCreate(c.ctx, req); err != nil {
+		c.refuse(err)
+		return
 	}
-	return s.invoke(ss, methodCreateContainer, &raw)
+	c.forward()
 }

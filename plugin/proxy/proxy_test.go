@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -124,9 +126,21 @@ func TestMessageSizeLimits(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("17 MiB request: got %v, want ResourceExhausted", err)
 	}
-	_, err = rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: "c", Cmd: []string{hugeCmd}})
+	// Responses pass as frames: the limit that applies is the client's own,
+	// as it would be straight to containerd.
+	resp, err = rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: "c", Cmd: []string{hugeCmd}})
+	if err != nil || len(resp.Stdout) != 17<<20 {
+		t.Errorf("17 MiB response to a client accepting 64 MiB: %d bytes, %v", len(resp.GetStdout()), err)
+	}
+	kubeletLike, err := grpc.NewClient("unix://"+h.sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxMessageBytes)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kubeletLike.Close()
+	_, err = runtimeapi.NewRuntimeServiceClient(kubeletLike).ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: "c", Cmd: []string{hugeCmd}})
 	if status.Code(err) != codes.ResourceExhausted {
-		t.Errorf("17 MiB response: got %v, want ResourceExhausted", err)
+		t.Errorf("17 MiB response to a 16 MiB client: got %v, want ResourceExhausted", err)
 	}
 }
 
@@ -252,6 +266,15 @@ func TestUpstreamDownThenBack(t *testing.T) {
 			t.Fatalf("upstream down: got %v, want Unavailable", err)
 		}
 	}
+	// The connection that was open breaks (EOF); the next ones are told why.
+	eventually(t, 15*time.Second, "a call names the unreachable containerd", func() error {
+		_, err := rt.Version(ctx, &runtimeapi.VersionRequest{})
+		if msg := status.Convert(err).Message(); status.Code(err) != codes.Unavailable ||
+			!strings.Contains(msg, "containerd at "+h.upstream.path+" is unavailable") {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
 	if err := h.proxy.UpstreamReady(ctx); err == nil {
 		t.Error("UpstreamReady = nil with the upstream down")
 	}
@@ -261,9 +284,11 @@ func TestUpstreamDownThenBack(t *testing.T) {
 		_, err := rt.Version(t.Context(), &runtimeapi.VersionRequest{})
 		return err
 	})
-	if err := h.proxy.UpstreamReady(t.Context()); err != nil {
-		t.Errorf("UpstreamReady after restart: %v", err)
-	}
+	// The proxy's own connection (readiness, pinned pulls) redials with a
+	// backoff capped at upstreamMaxBackoff.
+	eventually(t, 15*time.Second, "UpstreamReady after restart", func() error {
+		return h.proxy.UpstreamReady(t.Context())
+	})
 }
 
 func TestShutdownDrainsInFlightCall(t *testing.T) {

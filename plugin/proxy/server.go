@@ -1,6 +1,7 @@
 // Package proxy is a transparent CRI gRPC proxy: kubelet talks to it as if it
-// were containerd, every call is forwarded upstream as raw bytes, and only
-// PullImage and CreateContainer are decoded and put before a Gate.
+// were containerd, every call is carried to containerd as HTTP/2 frames
+// without being decoded (see tunnel.go), and only PullImage and
+// CreateContainer are read and put before a Gate.
 package proxy
 
 import (
@@ -9,8 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,7 +19,6 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -35,11 +35,16 @@ const DefaultUpstreamNamespace = "k8s.io"
 // Dialling a unix socket is cheap, so a short cap costs nothing.
 const upstreamMaxBackoff = time.Second
 
-// flowWindow is the static HTTP/2 flow-control window on both sides.
+// flowWindow is the static HTTP/2 flow-control window of the proxy's own
+// connection to containerd (pinned pulls, tagging, lookups).
 const flowWindow = 1 << 20
+
+// upstreamDialTimeout bounds connecting a client's tunnel to containerd.
+const upstreamDialTimeout = 5 * time.Second
 
 const (
 	methodPullImage       = "/runtime.v1.ImageService/PullImage"
+	methodRemoveImage     = "/runtime.v1.ImageService/RemoveImage"
 	methodCreateContainer = "/runtime.v1.RuntimeService/CreateContainer"
 )
 
@@ -51,28 +56,21 @@ type Options struct {
 	// UpstreamNamespace is the containerd namespace used for image tagging
 	// after pinned pulls. Default DefaultUpstreamNamespace.
 	UpstreamNamespace string
-	// MaxMessageBytes bounds every message in both directions and on both
-	// sides. Default DefaultMaxMessageBytes.
+	// MaxMessageBytes bounds the requests the proxy reads (PullImage,
+	// CreateContainer) and the messages on its own connection to containerd.
+	// Other calls pass through as frames: their limits are kubelet's and
+	// containerd's. Default DefaultMaxMessageBytes.
 	MaxMessageBytes int
 	// Gate decides on PullImage and CreateContainer; nil forwards them too.
 	Gate Gate
 	// Logger receives operational messages; nil discards them.
 	Logger *slog.Logger
-	// OnUpstreamError, if set, is told of every call that failed between the
-	// proxy and containerd, with the status code the client got (metrics).
+	// OnUpstreamError, if set, is told of failures between the proxy and
+	// containerd (metrics): a client connection that could not reach
+	// containerd or lost it (method ""), and failed calls the proxy made
+	// itself, with the status code.
 	OnUpstreamError func(method string, code codes.Code)
 }
-
-type methodKind uint8
-
-const (
-	// kindStream (the zero value) is any method not known to be unary,
-	// including methods newer than the compiled cri-api.
-	kindStream methodKind = iota
-	kindUnary
-	kindPull
-	kindCreate
-)
 
 // gateBox lets an interface value live in an atomic.Pointer.
 type gateBox struct{ gate Gate }
@@ -80,16 +78,20 @@ type gateBox struct{ gate Gate }
 // Server is the CRI proxy. Create it with New, run it with Serve, stop it with
 // Shutdown.
 type Server struct {
-	log      *slog.Logger
-	onError  func(method string, code codes.Code)
-	upstream *grpc.ClientConn
-	srv      *grpc.Server
-	codec    rawCodec
-	// codecOpt is built once: every forwarded call uses it.
-	codecOpt  grpc.CallOption
+	log          *slog.Logger
+	onError      func(method string, code codes.Code)
+	upstreamPath string
+	// upstream is the proxy's own connection to containerd, for the calls
+	// it makes itself; client calls travel in tunnels.
+	upstream  *grpc.ClientConn
 	namespace string
-	methods   map[string]methodKind
+	maxMsg    int
 	gate      atomic.Pointer[gateBox]
+
+	mu       sync.Mutex
+	tunnels  map[*tunnel]struct{}
+	listener net.Listener
+	closing  bool
 }
 
 // New builds a Server and starts connecting to the upstream in the
@@ -111,19 +113,12 @@ func New(opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	codec, err := newRawCodec()
-	if err != nil {
-		return nil, err
-	}
 
 	bo := backoff.DefaultConfig
 	bo.MaxDelay = upstreamMaxBackoff
 	conn, err := grpc.NewClient(target,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 5 * time.Second}),
-		// Static windows turn off BDP estimation, whose PING round trips
-		// add syscalls to every small call; on a unix socket there is no
-		// bandwidth-delay product to discover.
 		grpc.WithInitialWindowSize(flowWindow),
 		grpc.WithInitialConnWindowSize(flowWindow),
 		grpc.WithDefaultCallOptions(
@@ -137,27 +132,15 @@ func New(opts Options) (*Server, error) {
 	conn.Connect()
 
 	s := &Server{
-		log:       log,
-		onError:   opts.OnUpstreamError,
-		upstream:  conn,
-		codec:     codec,
-		codecOpt:  grpc.ForceCodecV2(codec),
-		namespace: ns,
-		methods:   knownMethods(),
+		log:          log,
+		onError:      opts.OnUpstreamError,
+		upstreamPath: strings.TrimPrefix(target, "unix://"),
+		upstream:     conn,
+		namespace:    ns,
+		maxMsg:       maxMsg,
+		tunnels:      make(map[*tunnel]struct{}),
 	}
 	s.SetGate(opts.Gate)
-	s.srv = grpc.NewServer(
-		// Reused handler goroutines keep their grown stacks: a fresh
-		// goroutine per call pays runtime.morestack on the deep
-		// server+client call path, on every call.
-		grpc.NumStreamWorkers(uint32(max(4, 2*runtime.GOMAXPROCS(0)))),
-		grpc.InitialWindowSize(flowWindow),
-		grpc.InitialConnWindowSize(flowWindow),
-		grpc.ForceServerCodecV2(codec),
-		grpc.UnknownServiceHandler(s.handle),
-		grpc.MaxRecvMsgSize(maxMsg),
-		grpc.MaxSendMsgSize(maxMsg),
-	)
 	return s, nil
 }
 
@@ -179,21 +162,6 @@ func upstreamTarget(upstream string) (string, error) {
 	}
 }
 
-// knownMethods classifies the compiled cri-api methods: unary ones take the
-// cheaper unary path, the two intercepted ones go to the Gate, the rest
-// (streams and anything unknown) take the generic stream path.
-func knownMethods() map[string]methodKind {
-	m := make(map[string]methodKind)
-	for _, sd := range []*grpc.ServiceDesc{&runtimeapi.RuntimeService_ServiceDesc, &runtimeapi.ImageService_ServiceDesc} {
-		for _, md := range sd.Methods {
-			m["/"+sd.ServiceName+"/"+md.MethodName] = kindUnary
-		}
-	}
-	m[methodPullImage] = kindPull
-	m[methodCreateContainer] = kindCreate
-	return m
-}
-
 // SetGate replaces the Gate for calls that start afterwards (e.g. on config
 // reload). nil makes the proxy a pure pass-through.
 func (s *Server) SetGate(g Gate) {
@@ -204,32 +172,96 @@ func (s *Server) currentGate() Gate {
 	return s.gate.Load().gate
 }
 
+// imagesChanged tells the Gate, if it cares, that a pull or an image removal
+// has just ended.
+func (s *Server) imagesChanged() {
+	if w, ok := s.currentGate().(imageWatcher); ok {
+		w.ImagesChanged()
+	}
+}
+
 // Serve accepts CRI connections on l until Shutdown. It returns nil after a
 // Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	if err := s.srv.Serve(l); err != nil {
-		return fmt.Errorf("serve CRI proxy on %s: %w", l.Addr(), err)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		_ = l.Close()
+		return nil
 	}
-	return nil
+	s.listener = l
+	s.mu.Unlock()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return nil
+			}
+			if ne, ok := err.(interface{ Temporary() bool }); ok && ne.Temporary() {
+				continue
+			}
+			return fmt.Errorf("serve CRI proxy on %s: %w", l.Addr(), err)
+		}
+		go s.carry(conn)
+	}
+}
+
+// carry connects one client connection to containerd and runs its tunnel.
+func (s *Server) carry(client net.Conn) {
+	up, err := net.DialTimeout("unix", s.upstreamPath, upstreamDialTimeout)
+	if err != nil {
+		s.log.Warn("containerd unreachable", "upstream", s.upstreamPath, "err", err)
+		s.observe("", codes.Unavailable)
+		refuseUnavailable(client, fmt.Sprintf("pullguard: containerd at %s is unavailable: %v", s.upstreamPath, err))
+		return
+	}
+	t := newTunnel(s, client, up)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		t.close()
+		return
+	}
+	s.tunnels[t] = struct{}{}
+	s.mu.Unlock()
+	t.run()
+	s.mu.Lock()
+	delete(s.tunnels, t)
+	s.mu.Unlock()
 }
 
 // Shutdown stops accepting connections, lets in-flight calls finish until ctx
-// is done, then cancels the rest, and closes the upstream connection. The
+// is done, then cuts the rest, and closes the upstream connection. The
 // listener given to Serve is closed; one made by Listen thereby removes its
 // socket file. It returns ctx's error if calls had to be cut short.
 func (s *Server) Shutdown(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() {
-		s.srv.GracefulStop()
-		close(done)
-	}()
+	s.mu.Lock()
+	s.closing = true
+	l := s.listener
+	tunnels := make([]*tunnel, 0, len(s.tunnels))
+	for t := range s.tunnels {
+		tunnels = append(tunnels, t)
+	}
+	s.mu.Unlock()
+	if l != nil {
+		_ = l.Close()
+	}
+	for _, t := range tunnels {
+		t.drain()
+	}
 	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		err = fmt.Errorf("shutdown: in-flight calls cut short: %w", ctx.Err())
-		s.srv.Stop()
-		<-done
+	for _, t := range tunnels {
+		select {
+		case <-t.done:
+		case <-ctx.Done():
+			err = fmt.Errorf("shutdown: in-flight calls cut short: %w", ctx.Err())
+			for _, t := range tunnels {
+				t.close()
+			}
+		}
 	}
 	if cerr := s.upstream.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("shutdown: close upstream connection: %w", cerr)
@@ -247,9 +279,9 @@ func (s *Server) UpstreamReady(ctx context.Context) error {
 	return nil
 }
 
-// observe reports a failed upstream call to the OnUpstreamError hook.
-func (s *Server) observe(method string, err error) {
-	if err != nil && s.onError != nil {
-		s.onError(method, status.Code(err))
+// observe reports a failure towards containerd to the OnUpstreamError hook.
+func (s *Server) observe(method string, code codes.Code) {
+	if s.onError != nil {
+		s.onError(method, code)
 	}
 }

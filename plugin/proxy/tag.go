@@ -7,7 +7,6 @@ import (
 
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	"github.com/distribution/reference"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -33,26 +32,25 @@ const (
 	tagTimeout = 30 * time.Second
 )
 
-// pullAndTag pulls forward upstream and, once the pull succeeded, makes the
-// image pulled as pulledRef (repo@sha256:...) known under tagAs too, so that
-// kubelet finds it by the tag it asked for. The client gets containerd's
-// response (the image ID) unchanged.
-func (s *Server) pullAndTag(ss grpc.ServerStream, forward any, pulledRef, tagAs string) error {
-	ctx := ss.Context()
-	var (
-		resp            runtimeapi.PullImageResponse
-		header, trailer metadata.MD
-	)
-	err := s.upstream.Invoke(outgoingContext(ctx), methodPullImage, forward, &resp,
-		s.codecOpt, grpc.Header(&header), grpc.Trailer(&trailer))
-	s.observe(methodPullImage, err)
-	if err == nil {
-		if terr := s.tagImage(ctx, pulledRef, tagAs, resp.ImageRef); terr != nil {
-			s.log.Error("tag pinned pull", "image", pulledRef, "tag", tagAs, "err", terr)
-			err = status.Errorf(codes.Internal, "pullguard: pulled %s but could not tag it as %s: %v", pulledRef, tagAs, terr)
-		}
+// pullAndTag has containerd pull forward (the image pinned to the verified
+// digest) and, once that succeeded, makes the image known under tagAs too, so
+// that kubelet finds it by the tag it asked for. The response is containerd's
+// (the image ID). An empty tagAs only pulls.
+func (s *Server) pullAndTag(ctx context.Context, forward *runtimeapi.PullImageRequest, tagAs string) (*runtimeapi.PullImageResponse, error) {
+	resp, err := runtimeapi.NewImageServiceClient(s.upstream).PullImage(ctx, forward)
+	if err != nil {
+		s.observe(methodPullImage, status.Code(err))
+		return nil, err
 	}
-	return s.reply(ss, &resp, header, trailer, err)
+	if tagAs == "" {
+		return resp, nil
+	}
+	pulled := forward.GetImage().GetImage()
+	if err := s.tagImage(ctx, pulled, tagAs, resp.ImageRef); err != nil {
+		s.log.Error("tag pinned pull", "image", pulled, "tag", tagAs, "err", err)
+		return nil, status.Errorf(codes.Internal, "pullguard: pulled %s but could not tag it as %s: %v", pulled, tagAs, err)
+	}
+	return resp, nil
 }
 
 // tagImage creates or updates the containerd image tagAs to point where
@@ -79,6 +77,14 @@ func (s *Server) tagImage(ctx context.Context, pulledRef, tagAs, imageID string)
 
 	ictx := metadata.NewOutgoingContext(ctx, metadata.Pairs(namespaceHeader, s.namespace))
 	images := imagesapi.NewImagesClient(s.upstream)
+	// A warm pull (the tag already names the verified content) changes
+	// nothing: no update, so no CRI cache event to wait for, and one lookup
+	// instead of two.
+	if cur, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: tagged.String()}); err == nil &&
+		cur.GetImage().GetTarget().GetDigest() == canonical.Digest().String() &&
+		cur.GetImage().GetLabels()[criImageLabel] == criImageLabelValue {
+		return s.waitCRIImage(ctx, tagged.String(), imageID)
+	}
 	got, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: canonical.String()})
 	if err != nil {
 		return fmt.Errorf("get pulled image %s: %w", canonical, err)
@@ -90,14 +96,6 @@ func (s *Server) tagImage(ctx context.Context, pulledRef, tagAs, imageID string)
 	// What gets the tag must be exactly what was verified and pulled.
 	if target.Digest != canonical.Digest().String() {
 		return fmt.Errorf("pulled image %s points at %s, not at its digest", canonical, target.Digest)
-	}
-
-	// A warm pull (the tag already names this content) changes nothing:
-	// no update, so no CRI cache event to wait for.
-	if cur, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: tagged.String()}); err == nil &&
-		cur.GetImage().GetTarget().GetDigest() == target.Digest &&
-		cur.GetImage().GetLabels()[criImageLabel] == criImageLabelValue {
-		return s.waitCRIImage(ctx, tagged.String(), imageID)
 	}
 
 	img := &imagesapi.Image{

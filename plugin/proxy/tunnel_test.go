@@ -1,0 +1,258 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Many guarded calls answered in every way, mixed with pass-through calls, on
+// one client connection: the tunnel's own frames must never overtake a
+// call's headers, break the HPACK state both ends share, or leave the flow
+// control windows disagreeing. A fast Gate makes the races likely.
+func TestGuardedCallsShareOneConnection(t *testing.T) {
+	pinned := "registry.example/app@sha256:" + strings.Repeat("d", 64)
+	gate := &recordingGate{plan: &PullPlan{
+		Forward: &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: pinned}},
+	}}
+	h := newHarness(t, gate, 50)
+	conn := dialTest(t, h.sock)
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	img := runtimeapi.NewImageServiceClient(conn)
+
+	const rounds = 150
+	errs := make(chan error, 4*rounds)
+	var wg sync.WaitGroup
+	for i := range rounds {
+		wg.Add(4)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			resp, err := img.PullImage(ctx, pullRequest(fmt.Sprintf("registry.example/app:v%d", i)))
+			if err != nil || resp.ImageRef != testImageID {
+				errs <- fmt.Errorf("pull %d (answered by the tunnel): %v, %v", i, resp, err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			resp, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+				PodSandboxId: "sb", Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: fmt.Sprint(i)}},
+			})
+			if err != nil || resp.ContainerId != "created-1" {
+				errs <- fmt.Errorf("create %d (forwarded): %v, %v", i, resp, err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			resp, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
+			if err != nil || len(resp.Containers) != 50 {
+				errs <- fmt.Errorf("list %d (pass-through): %d containers, %v", i, len(resp.GetContainers()), err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			if _, err := rt.Version(ctx, &runtimeapi.VersionRequest{}); err != nil {
+				errs <- fmt.Errorf("version %d (pass-through): %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := len(h.upstream.recordedCreates()); n != rounds {
+		t.Errorf("upstream created %d containers, want %d", n, rounds)
+	}
+}
+
+// A denied call's message is partly with containerd already; the frame the
+// tunnel held back never gets there, and its flow-control credit must be
+// given back to the client, or a connection denying enough large requests
+// would stall for good.
+func TestDeniedCallsGiveWindowBack(t *testing.T) {
+	denial := status.Error(codes.Unknown, "SignatureValidationFailed: denied")
+	gate := &recordingGate{createErr: denial}
+	h := newHarness(t, gate, 0)
+	rt := runtimeapi.NewRuntimeServiceClient(dialTest(t, h.sock))
+	big := strings.Repeat("x", 60<<10) // several frames per request
+	for i := range 100 {                 // far more than any window
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		_, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+			PodSandboxId: "sb",
+			Config: &runtimeapi.ContainerConfig{
+				Metadata:    &runtimeapi.ContainerMetadata{Name: fmt.Sprint(i)},
+				Annotations: map[string]string{"big": big},
+			},
+		})
+		cancel()
+		if st := status.Convert(err); st.Code() != codes.Unknown || st.Message() != "SignatureValidationFailed: denied" {
+			t.Fatalf("create %d: %v, want the denial", i, err)
+		}
+	}
+	if _, err := rt.Version(t.Context(), &runtimeapi.VersionRequest{}); err != nil {
+		t.Errorf("Version after the denials: %v", err)
+	}
+	if n := len(h.upstream.recordedCreates()); n != 0 {
+		t.Errorf("upstream created %d containers after denials", n)
+	}
+}
+
+// rawClient speaks HTTP/2 frames to the proxy, for what a gRPC client does
+// not let a test observe.
+func rawClient(t *testing.T, sock string) (*http2.Framer, net.Conn) {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, clientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	return fr, c
+}
+
+// The tunnel answers the client's pings itself (containerd would count the
+// pings that follow data the tunnel sent as abuse) and passes everything else
+// between the ends.
+func TestClientPingAnsweredByTunnel(t *testing.T) {
+	h := newHarness(t, nil, 0)
+	fr, _ := rawClient(t, h.sock)
+	payload := [8]byte{1, 2, 3, 4, 5, 6, 7, 8}
+	if err := fr.WritePing(false, payload); err != nil {
+		t.Fatal(err)
+	}
+	sawSettings, sawAck := false, false
+	for !sawSettings || !sawAck {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				sawSettings = true // containerd's, passed through
+				if err := fr.WriteSettingsAck(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				continue
+			}
+			sawAck = true
+			if f.Data != payload {
+				t.Errorf("ping ack carries %v, want %v", f.Data, payload)
+			}
+		}
+	}
+}
+
+// On Shutdown the client is told GOAWAY with the last stream it opened, and
+// a stream it starts afterwards never reaches containerd (it is retried on a
+// new connection by gRPC clients).
+func TestDrainSendsGoAway(t *testing.T) {
+	h := newHarness(t, nil, 0)
+	rt := runtimeapi.NewRuntimeServiceClient(dialTest(t, h.sock))
+	callErr := make(chan error, 1)
+	go func() {
+		_, err := rt.Status(t.Context(), &runtimeapi.StatusRequest{})
+		callErr <- err
+	}()
+	waitFor(t, h.upstream.statusEntered, "upstream Status entered")
+
+	fr, conn := rawClient(t, h.sock)
+	// Open a stream so the raw connection has something in flight.
+	var hdr bytes.Buffer
+	for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/runtime.v1.RuntimeService/Status"},
+		{":authority", "x"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+		hdr.Write(appendHpackLiteral(nil, kv[0], kv[1]))
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fr.WriteData(1, true, []byte{0, 0, 0, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, h.upstream.statusEntered, "raw Status entered")
+
+	shutErr := make(chan error, 1)
+	go func() { shutErr <- h.stopProxy(t, 30*time.Second) }()
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("read before GOAWAY: %v", err)
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.LastStreamID != 1 || ga.ErrCode != http2.ErrCodeNo {
+				t.Errorf("GOAWAY last stream %d code %v, want 1 NO_ERROR", ga.LastStreamID, ga.ErrCode)
+			}
+			break
+		}
+	}
+	// Stream 3 comes after GOAWAY: the tunnel must drop it.
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: hdr.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fr.WriteData(3, true, []byte{0, 0, 0, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	close(h.upstream.statusRelease)
+	if err := <-callErr; err != nil {
+		t.Errorf("in-flight gRPC call during drain: %v", err)
+	}
+	// Stream 1 completes on the raw connection, then the tunnel closes.
+	ended := false
+	for !ended {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				break
+			}
+			t.Fatalf("read after GOAWAY: %v", err)
+		}
+		if f.Header().StreamID == 3 {
+			t.Errorf("stream 3, opened after GOAWAY, got %v", f.Header())
+		}
+		if f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagHeadersEndStream) && f.Header().Type == http2.FrameHeaders {
+			ended = true
+		}
+	}
+	if !ended {
+		t.Error("stream 1 did not complete before the connection closed")
+	}
+	select {
+	case <-h.upstream.statusEntered:
+		t.Error("stream 3, opened after GOAWAY, reached containerd")
+	default:
+	}
+	if err := <-shutErr; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	_ = conn
+}
