@@ -95,7 +95,7 @@ func TestDeniedCallsGiveWindowBack(t *testing.T) {
 	h := newHarness(t, gate, 0)
 	rt := runtimeapi.NewRuntimeServiceClient(dialTest(t, h.sock))
 	big := strings.Repeat("x", 60<<10) // several frames per request
-	for i := range 100 {                 // far more than any window
+	for i := range 100 {               // far more than any window
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		_, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 			PodSandboxId: "sb",
