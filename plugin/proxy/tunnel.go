@@ -101,7 +101,8 @@ func (t *tunnel) run() {
 			t.s.observe("", codes.Unavailable)
 		}
 	}()
-	if err := t.fromClient(); err != nil && !t.closing() && !errors.Is(err, io.EOF) {
+	// fromClient only returns on an error: EOF is the client hanging up.
+	if err := t.fromClient(); !t.closing() && !errors.Is(err, io.EOF) {
 		t.s.log.Debug("CRI connection: client side ended", "err", err)
 	}
 }
