@@ -153,17 +153,25 @@ func (e *Enforcer) admitImage(ctx context.Context, ns string, spec *runtimeapi.I
 }
 
 // lookupImage returns the runtime's image for ref, nil when it is not on the
-// node, from the cache when it can.
+// node; by image ID from the cache when it can (see imagecache.go for why
+// never by name).
 func (e *Enforcer) lookupImage(ctx context.Context, ref string) (*runtimeapi.Image, error) {
-	img, gen, ok := e.lookups.get(ref)
-	if ok {
-		return img, nil
+	cacheable := isImageID(ref)
+	var gen uint64
+	if cacheable {
+		img, g, ok := e.lookups.get(ref)
+		if ok {
+			return img, nil
+		}
+		gen = g
 	}
 	st, err := e.images.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
 	if err != nil {
 		return nil, status.Errorf(status.Code(err), "pullguard: look up image %s: %s", ref, status.Convert(err).Message())
 	}
-	e.lookups.put(ref, st.GetImage(), gen)
+	if cacheable {
+		e.lookups.put(ref, st.GetImage(), gen)
+	}
 	return st.GetImage(), nil
 }
 

@@ -11,8 +11,10 @@ import (
 // The image lookup of a create is containerd's CRI ImageStatus, about as
 // costly as the whole rest of a cached create decision. Caching it is safe
 // enough because:
-//   - kubelet creates by image ID, the config digest: the same key always
-//     means the same rootfs, whatever names it has;
+//   - only lookups by image ID (the config digest, what kubelet creates by)
+//     are cached: the same key always means the same rootfs, whatever names
+//     it has. A name is looked up every time: a tag re-pointed on the node
+//     (ctr tag) must be decided on what it names now;
 //   - names and repo digests change only by a pull, a removal or a tag. Those
 //     made through CRI pass through pullguard, which drops the cache
 //     (ImagesChanged); those made behind its back (ctr, nerdctl) are honoured

@@ -124,23 +124,30 @@ func TestImageCacheEnforcer(t *testing.T) {
 		// wantCalls is how many ImageStatus calls the two creates make.
 		wantCalls int
 		wantCode  codes.Code
+		byName    bool // create by a name instead of the image ID
 	}{
-		{"hit avoids the call", cacheTestImage, nil, func(*Enforcer, *fakeClock) {}, 1, codes.OK},
+		{"hit avoids the call", cacheTestImage, nil, func(*Enforcer, *fakeClock) {}, 1, codes.OK, false},
+		// A tag can be re-pointed on the node behind pullguard's back.
+		{"a name is looked up every time", cacheTestImage, nil, func(*Enforcer, *fakeClock) {}, 2, codes.OK, true},
 		{"still fresh just before the TTL", cacheTestImage, nil,
-			func(_ *Enforcer, clk *fakeClock) { clk.advance(imageCacheTTL - time.Nanosecond) }, 1, codes.OK},
+			func(_ *Enforcer, clk *fakeClock) { clk.advance(imageCacheTTL - time.Nanosecond) }, 1, codes.OK, false},
 		{"expired at the TTL", cacheTestImage, nil,
-			func(_ *Enforcer, clk *fakeClock) { clk.advance(imageCacheTTL) }, 2, codes.OK},
+			func(_ *Enforcer, clk *fakeClock) { clk.advance(imageCacheTTL) }, 2, codes.OK, false},
 		{"ImagesChanged drops it", cacheTestImage, nil,
-			func(e *Enforcer, _ *fakeClock) { e.ImagesChanged() }, 2, codes.OK},
-		{"not on the node is asked again", nil, nil, func(*Enforcer, *fakeClock) {}, 2, codes.OK},
-		{"an error is not replayed", nil, upstreamErr, func(*Enforcer, *fakeClock) {}, 2, codes.Unavailable},
+			func(e *Enforcer, _ *fakeClock) { e.ImagesChanged() }, 2, codes.OK, false},
+		{"not on the node is asked again", nil, nil, func(*Enforcer, *fakeClock) {}, 2, codes.OK, false},
+		{"an error is not replayed", nil, upstreamErr, func(*Enforcer, *fakeClock) {}, 2, codes.Unavailable, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			images := &stubImages{image: tc.image, err: tc.err}
 			e, d, clk := newCachingEnforcer(images)
 			for i := range 2 {
-				err := e.AdmitCreate(t.Context(), createByID(cacheTestID))
+				req := createByID(cacheTestID)
+				if tc.byName {
+					req.Config.Image.Image = "registry.example/app:v1"
+				}
+				err := e.AdmitCreate(t.Context(), req)
 				if got := status.Code(err); got != tc.wantCode {
 					t.Fatalf("create %d: code %v (%v), want %v", i+1, got, err, tc.wantCode)
 				}
