@@ -163,24 +163,22 @@ func (c *call) forward() {
 	_ = t.writeUpstream(b)
 }
 
-// release takes the call from containerd: its stream is reset there, and
-// the window the held frames used is given back to the client. It reports
-// false when the call already ended.
+// release takes the call from containerd: the tunnel will answer it. It
+// reports false when the call already ended.
+//
+// containerd's stream is reset only after the answer is sent (see answer):
+// containerd may answer a reset itself ("context canceled"), and its header
+// blocks cannot be kept from the client (HPACK), so they must come when the
+// client already has the tunnel's answer and ignores them.
 func (c *call) release() bool {
 	t := c.t
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if c.state != callDeciding {
-		t.mu.Unlock()
 		return false
 	}
 	c.state = callAnswered
-	restore := c.heldFlow
 	c.held = nil
-	_ = t.writeUpstream(appendRSTStream(nil, c.stream, errCodeCancel))
-	t.mu.Unlock()
-	if restore > 0 {
-		_ = t.writeClient(appendWindowUpdate(nil, 0, restore))
-	}
 	return true
 }
 
@@ -225,14 +223,20 @@ func (c *call) answer(resp proto.Message, err error) {
 	kind, open := t.streams[c.stream]
 	if !open || t.calls[c.stream] != c {
 		t.mu.Unlock()
-		return // the client reset it meanwhile
+		return // ended on one side meanwhile (see endCallLocked)
 	}
 	delete(t.calls, c.stream)
 	delete(t.streams, c.stream)
 	t.debt += uint64(len(payload))
+	// The held frames never reach containerd: their window goes back.
+	if c.heldFlow > 0 {
+		out = appendWindowUpdate(out, 0, c.heldFlow)
+		c.heldFlow = 0
+	}
 	idle := t.closeIdle && len(t.streams) == 0
 	t.mu.Unlock()
 	_ = t.writeClient(out)
+	_ = t.writeUpstream(appendRSTStream(nil, c.stream, errCodeCancel))
 	t.afterEnd(kind, open, 0)
 	if idle {
 		t.close()

@@ -400,8 +400,9 @@ func (t *tunnel) endCallLocked(stream uint32) uint32 {
 	}
 	delete(t.calls, stream)
 	var restore uint32
-	if c.state == callDeciding || c.state == callCollecting {
+	if c.state != callForwarded {
 		restore = c.heldFlow
+		c.heldFlow = 0
 	}
 	c.state = callAnswered
 	c.cancel()

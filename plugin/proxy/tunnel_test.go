@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -255,4 +257,85 @@ func TestDrainSendsGoAway(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 	_ = conn
+}
+
+// resetAnsweringUpstream is a minimal HTTP/2 server standing in for a
+// containerd that answers a reset stream with its own trailers ("context
+// canceled"), which grpc-go servers may do. Only the frame exchange matters
+// here, so it is written with the HTTP/2 framer rather than a gRPC server.
+func resetAnsweringUpstream(t *testing.T, path string) {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				pre := make([]byte, len(clientPreface))
+				if _, err := io.ReadFull(c, pre); err != nil {
+					return
+				}
+				fr := http2.NewFramer(c, c)
+				_ = fr.WriteSettings()
+				var buf bytes.Buffer
+				enc := hpack.NewEncoder(&buf) // indexes fields: the client's table must follow
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					switch f := f.(type) {
+					case *http2.SettingsFrame:
+						if !f.IsAck() {
+							_ = fr.WriteSettingsAck()
+						}
+					case *http2.RSTStreamFrame:
+						buf.Reset()
+						for _, hf := range []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"},
+							{Name: "grpc-status", Value: "1"}, {Name: "grpc-message", Value: "context canceled"}} {
+							_ = enc.WriteField(hf)
+						}
+						_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: buf.Bytes(), EndHeaders: true, EndStream: true})
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// The tunnel's answer must reach the client before anything containerd says
+// about the stream the tunnel reset.
+func TestAnswerBeatsUpstreamResetReply(t *testing.T) {
+	dir := shortTempDir(t)
+	up := filepath.Join(dir, "up.sock")
+	resetAnsweringUpstream(t, up)
+	denial := status.Error(codes.Unknown, "SignatureValidationFailed: denied")
+	p, err := New(Options{Upstream: up, Gate: &recordingGate{pullErr: denial}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "pg.sock")
+	l, err := Listen(sock, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.Serve(l) }()
+	t.Cleanup(func() { _ = p.Shutdown(context.Background()) })
+
+	img := runtimeapi.NewImageServiceClient(dialTest(t, sock))
+	for i := range 30 {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		_, err := img.PullImage(ctx, pullRequest("registry.example/app:v1"))
+		cancel()
+		if st := status.Convert(err); st.Code() != codes.Unknown || st.Message() != "SignatureValidationFailed: denied" {
+			t.Fatalf("pull %d: %v, want the Gate's denial", i, err)
+		}
+	}
 }
