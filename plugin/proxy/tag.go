@@ -78,12 +78,13 @@ func (s *Server) tagImage(ctx context.Context, pulledRef, tagAs, imageID string)
 	ictx := metadata.NewOutgoingContext(ctx, metadata.Pairs(namespaceHeader, s.namespace))
 	images := imagesapi.NewImagesClient(s.upstream)
 	// A warm pull (the tag already names the verified content) changes
-	// nothing: no update, so no CRI cache event to wait for, and one lookup
-	// instead of two.
+	// nothing: one lookup, no update, and no CRI cache event to wait for,
+	// since the CRI cache learnt the tag when it was made (the pull that
+	// made it waited for that).
 	if cur, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: tagged.String()}); err == nil &&
 		cur.GetImage().GetTarget().GetDigest() == canonical.Digest().String() &&
 		cur.GetImage().GetLabels()[criImageLabel] == criImageLabelValue {
-		return s.waitCRIImage(ctx, tagged.String(), imageID)
+		return nil
 	}
 	got, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: canonical.String()})
 	if err != nil {
