@@ -44,7 +44,7 @@ bench: export PULLGUARD_BIN = $(BIN)/pullguard
 bench: tools build
 	$(GO) test -run '^$$' -bench . -benchmem ./plugin/...
 	$(GO) run ./integration/bench
-	$(GO) test -run '^$$' -bench . -benchtime 20x ./integration/bench/
+	$(GO) test -run '^$$' -bench . -benchtime 200x ./integration/bench/
 
 demo: tools build
 	PULLGUARD_BIN=$(BIN)/pullguard $(GO) run ./integration/cmd/demo
