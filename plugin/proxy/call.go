@@ -54,7 +54,7 @@ type call struct {
 }
 
 func newCall(t *tunnel, stream uint32, method string, fields []hpack.HeaderField, g Gate) *call {
-	c := &call{t: t, stream: stream, method: method, gate: g, md: metadata.MD{}, maxBody: 5 + t.s.maxMsg}
+	c := &call{t: t, stream: stream, method: method, gate: g, md: metadata.MD{}, maxBody: 5 + t.s.maxMsg, state: callCollecting}
 	ctx := t.ctx
 	var cancel context.CancelFunc
 	for _, f := range fields {
