@@ -51,6 +51,22 @@ type call struct {
 	tooBig   bool     // the message outgrew maxBody
 	held     [][]byte // frames kept back from containerd, in order
 	heldFlow uint32   // their flow-controlled bytes
+	// While inBatch, the batch holding this call's headers has not been
+	// written (see tunnel.decideInBatch): what the decision sends
+	// containerd is left for the batch to carry (batchForward,
+	// batchReset), and batchWait is closed to end the batch's wait.
+	inBatch      bool
+	batchWait    chan struct{}
+	batchForward bool
+	batchReset   bool
+}
+
+// endBatchWait lets the batch waiting on this call go (t.mu held).
+func (c *call) endBatchWait() {
+	if c.batchWait != nil {
+		close(c.batchWait)
+		c.batchWait = nil
+	}
 }
 
 func newCall(t *tunnel, stream uint32, method string, fields []hpack.HeaderField, g Gate) *call {
@@ -154,6 +170,11 @@ func (c *call) forward() {
 		return // the call ended meanwhile
 	}
 	c.state = callForwarded
+	if c.inBatch {
+		c.batchForward = true
+		c.endBatchWait()
+		return
+	}
 	var b []byte
 	for _, f := range c.held {
 		b = append(b, f...)
@@ -179,6 +200,8 @@ func (c *call) release() bool {
 	}
 	c.state = callAnswered
 	c.held = nil
+	// What follows may take long (a pinned pull): the batch goes now.
+	c.endBatchWait()
 	return true
 }
 
@@ -234,9 +257,17 @@ func (c *call) answer(resp proto.Message, err error) {
 		c.heldFlow = 0
 	}
 	idle := t.closeIdle && len(t.streams) == 0
-	t.mu.Unlock()
+	// The answer is written before the reset can go, under t.mu: a batch
+	// still waiting on this call could otherwise send the reset first.
 	_ = t.writeClient(out)
-	_ = t.writeUpstream(appendRSTStream(nil, c.stream, errCodeCancel))
+	// The reset must not overtake the call's headers: if their batch is
+	// still waiting, it carries the reset.
+	resetNow := !c.inBatch
+	c.batchReset = c.inBatch
+	t.mu.Unlock()
+	if resetNow {
+		_ = t.writeUpstream(appendRSTStream(nil, c.stream, errCodeCancel))
+	}
 	t.afterEnd(kind, open, 0)
 	if idle {
 		t.close()

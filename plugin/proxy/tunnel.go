@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
@@ -195,19 +196,75 @@ func (t *tunnel) fromClient() error {
 				w = fb.keep(w, unit)
 			}
 		}
-		if w > 0 {
-			if err := t.writeUpstream(fb.buf[:w]); err != nil {
+		if len(t.starts) == 1 {
+			if err := t.decideInBatch(t.starts[0], fb.buf[:w]); err != nil {
 				return fmt.Errorf("write upstream: %w", err)
 			}
-		}
-		// Only now: a decision may write the held frames or a reset,
-		// which must not overtake the call's headers in this batch.
-		for _, c := range t.starts {
-			go c.decide()
+		} else {
+			if w > 0 {
+				if err := t.writeUpstream(fb.buf[:w]); err != nil {
+					return fmt.Errorf("write upstream: %w", err)
+				}
+			}
+			// Only now: a decision may write the held frames or a
+			// reset, which must not overtake the call's headers in
+			// this batch.
+			for _, c := range t.starts {
+				go c.decide()
+			}
 		}
 		clear(t.starts)
 		t.starts = t.starts[:0]
 	}
+}
+
+// quickDecision is how long a batch holding a call's complete message waits
+// for the call's decision before going to containerd without it.
+const quickDecision = time.Millisecond
+
+// decideInBatch gives the call whose message completed in this batch a short
+// time to be decided before the batch goes to containerd. Decided from
+// cached facts (tens of µs), an admitted call then reaches containerd whole,
+// in one write, rather than its headers now and its last frame after the
+// decision: two wake-ups of containerd's reader instead of one cost ~0.4 ms
+// per create on a small VM. A slower decision carries on after the batch is
+// written, as any other; the other calls on the connection wait at most
+// quickDecision.
+func (t *tunnel) decideInBatch(c *call, batch []byte) error {
+	wait := make(chan struct{})
+	t.mu.Lock()
+	c.inBatch, c.batchWait = true, wait
+	t.mu.Unlock()
+	go c.decide()
+	timer := time.NewTimer(quickDecision)
+	select {
+	case <-wait:
+	case <-timer.C:
+	}
+	timer.Stop()
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var bufs net.Buffers
+	if len(batch) > 0 {
+		bufs = append(bufs, batch)
+	}
+	if c.batchForward {
+		bufs = append(bufs, c.held...)
+		c.held = nil
+	}
+	if c.batchReset {
+		bufs = append(bufs, appendRSTStream(nil, c.stream, errCodeCancel))
+	}
+	c.inBatch, c.batchWait, c.batchForward, c.batchReset = false, nil, false, false
+	if len(bufs) == 0 {
+		return nil
+	}
+	// Under t.mu, like forward: nothing of this call's may overtake it.
+	t.umu.Lock()
+	defer t.umu.Unlock()
+	_, err := bufs.WriteTo(t.upstream)
+	return err
 }
 
 // clientUnit handles one unit from the client and says whether it goes on
@@ -406,6 +463,7 @@ func (t *tunnel) endCallLocked(stream uint32) uint32 {
 	}
 	c.state = callAnswered
 	c.cancel()
+	c.endBatchWait()
 	return restore
 }
 

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -337,5 +339,65 @@ func TestAnswerBeatsUpstreamResetReply(t *testing.T) {
 		if st := status.Convert(err); st.Code() != codes.Unknown || st.Message() != "SignatureValidationFailed: denied" {
 			t.Fatalf("pull %d: %v, want the Gate's denial", i, err)
 		}
+	}
+}
+
+// A guarded call whose headers and message arrive in one read: admitted at
+// once, it must reach containerd headers first, whole (the decision's frames
+// may not overtake the batch that carries the headers).
+func TestGuardedCallInOneWrite(t *testing.T) {
+	h := newHarness(t, &recordingGate{}, 0)
+	for _, tc := range []struct {
+		name, path string
+		msg        proto.Message
+	}{
+		{"create", methodCreateContainer, &runtimeapi.CreateContainerRequest{PodSandboxId: "sb"}},
+		{"pull", methodPullImage, pullRequest("registry.example/app:v1")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fr, conn := rawClient(t, h.sock)
+			fr.ReadMetaHeaders = hpack.NewDecoder(defaultHeaderTableSize, nil)
+			body, err := proto.Marshal(tc.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var block []byte
+			for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", tc.path},
+				{":authority", "x"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+				block = appendHpackLiteral(block, kv[0], kv[1])
+			}
+			msg := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(body)))
+			out := appendFrameHeader(nil, len(block), frameHeaders, flagEndHeaders, 1)
+			out = append(out, block...)
+			out = appendDataFrames(out, 1, append(msg, body...), defaultMaxFrameSize, true)
+			if _, err := conn.Write(out); err != nil { // one write, one read on the other side
+				t.Fatal(err)
+			}
+			for {
+				f, err := fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("no answer from containerd: %v", err)
+				}
+				switch f := f.(type) {
+				case *http2.SettingsFrame:
+					if !f.IsAck() {
+						_ = fr.WriteSettingsAck()
+					}
+				case *http2.MetaHeadersFrame:
+					if !f.StreamEnded() {
+						if got := f.PseudoValue("status"); got != "200" {
+							t.Errorf(":status %q", got)
+						}
+						continue
+					}
+					for _, hf := range f.RegularFields() {
+						if hf.Name == "grpc-status" && hf.Value != "0" {
+							t.Errorf("grpc-status %s: %v", hf.Value, f.RegularFields())
+						}
+					}
+					return
+				}
+			}
+		})
 	}
 }
