@@ -107,8 +107,8 @@ func (b *frameBuf) fill() error {
 	return err
 }
 
-// hpackState mirrors nothing but the frame-level facts the tunnel reads from
-// SETTINGS frames.
+// settingsEach calls f with each (identifier, value) of a SETTINGS payload:
+// the tunnel reads the few that bound what it buffers and decodes.
 func settingsEach(payload []byte, f func(id uint16, v uint32)) {
 	for len(payload) >= 6 {
 		f(uint16(payload[0])<<8|uint16(payload[1]),
