@@ -401,3 +401,46 @@ func TestGuardedCallInOneWrite(t *testing.T) {
 		})
 	}
 }
+
+// FuzzTunnelClientFrames sends arbitrary bytes after the HTTP/2 preface to a
+// guarding proxy in front of a gRPC server: the tunnel must end the
+// connection or carry it, never panic or hang, and keep serving others.
+func FuzzTunnelClientFrames(f *testing.F) {
+	h := newHarness(f, &recordingGate{createErr: status.Error(codes.Unknown, "SignatureValidationFailed: no")}, 0)
+	var block []byte
+	for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", methodCreateContainer},
+		{":authority", "x"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+		block = appendHpackLiteral(block, kv[0], kv[1])
+	}
+	body, _ := proto.Marshal(&runtimeapi.CreateContainerRequest{PodSandboxId: "sb"})
+	msg := append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(body))), body...)
+	settings := appendFrameHeader(nil, 0, frameSettings, 0, 0)
+	headers := append(appendFrameHeader(nil, len(block), frameHeaders, flagEndHeaders, 1), block...)
+	split := append(appendFrameHeader(nil, 3, frameHeaders, 0, 1), block[:3]...)
+	split = append(append(split, appendFrameHeader(nil, len(block)-3, frameContinuation, flagEndHeaders, 1)...), block[3:]...)
+	f.Add(append(append(settings, headers...), appendDataFrames(nil, 1, msg, defaultMaxFrameSize, true)...))
+	f.Add(append(append(settings, split...), appendDataFrames(nil, 1, msg[:4], defaultMaxFrameSize, true)...))
+	f.Add(append(append(settings, headers...), appendRSTStream(nil, 1, errCodeCancel)...))
+	f.Add(appendWindowUpdate(appendFrameHeader(nil, 8, 0x6, 0, 0), 0, 1))
+	f.Add([]byte{0xff, 0xff, 0xff, 0x1, 0x4, 0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := net.Dial("unix", h.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(append([]byte(clientPreface), data...)); err != nil {
+			return // the tunnel may close early on garbage
+		}
+		_ = c.(*net.UnixConn).CloseWrite()
+		// The tunnel ends the connection once it has read everything.
+		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, net.ErrClosed) && !isConnReset(err) {
+			t.Fatalf("connection not ended by the tunnel: %v", err)
+		}
+	})
+}
+
+func isConnReset(err error) bool {
+	return strings.Contains(err.Error(), "connection reset")
+}
