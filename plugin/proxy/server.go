@@ -250,7 +250,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = l.Close()
 	}
 	for _, t := range tunnels {
-		t.drain()
+		// In goroutines: a client that does not read could block the
+		// GOAWAY write until the deadline closes its connection.
+		go t.drain()
 	}
 	var err error
 	for _, t := range tunnels {
