@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -327,14 +328,20 @@ func (t *tunnel) clientHeaders(dec *hpack.Decoder, unit []byte, h frameHeader) (
 		t.mu.Unlock()
 		return false, nil
 	}
-	t.lastStream = h.stream
 	var path string
+	paths := 0
 	for _, f := range fields {
 		if f.Name == ":path" {
-			path = f.Value
-			break
+			path = routedMethod(f.Value)
+			paths++
 		}
 	}
+	if paths != 1 {
+		// Which one containerd would act on is not ours to guess.
+		t.mu.Unlock()
+		return false, fmt.Errorf("request with %d :path headers", paths)
+	}
+	t.lastStream = h.stream
 	kind := streamPlain
 	if path == methodPullImage || path == methodRemoveImage {
 		kind = streamImagesChange
@@ -358,6 +365,16 @@ func (t *tunnel) clientHeaders(dec *hpack.Decoder, unit []byte, h frameHeader) (
 		t.starts = append(t.starts, c)
 	}
 	return true, nil
+}
+
+// routedMethod is the method a gRPC server may route a :path to, written the
+// canonical way ("/service/method"). grpc-go's router strips one leading '/'
+// if there is one; its transport refuses a path without one today
+// (Unimplemented), but whether "runtime.v1.RuntimeService/CreateContainer"
+// reaches CreateContainer must not depend on the version containerd is built
+// with: it is guarded as CreateContainer.
+func routedMethod(path string) string {
+	return "/" + strings.TrimPrefix(path, "/")
 }
 
 // headerBlock joins the fragments of a HEADERS unit.

@@ -444,3 +444,68 @@ func FuzzTunnelClientFrames(f *testing.F) {
 func isConnReset(err error) bool {
 	return strings.Contains(err.Error(), "connection reset")
 }
+
+// A :path without its leading '/' is guarded as the method it names, whatever
+// containerd's gRPC version would make of it. A request naming two paths is
+// refused.
+func TestGuardedPathSpellings(t *testing.T) {
+	denial := status.Error(codes.Unknown, "SignatureValidationFailed: no")
+	h := newHarness(t, &recordingGate{createErr: denial}, 0)
+	body, err := proto.Marshal(&runtimeapi.CreateContainerRequest{PodSandboxId: "sb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(body))), body...)
+	send := func(paths ...string) *http2.Framer {
+		fr, conn := rawClient(t, h.sock)
+		fr.ReadMetaHeaders = hpack.NewDecoder(defaultHeaderTableSize, nil)
+		var block []byte
+		for _, p := range paths {
+			block = appendHpackLiteral(block, ":path", p)
+		}
+		for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "x"},
+			{"content-type", "application/grpc"}, {"te", "trailers"}} {
+			block = appendHpackLiteral(block, kv[0], kv[1])
+		}
+		out := append(appendFrameHeader(nil, len(block), frameHeaders, flagEndHeaders, 1), block...)
+		out = appendDataFrames(out, 1, msg, defaultMaxFrameSize, true)
+		if _, err := conn.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		return fr
+	}
+	// grpc-status of stream 1, or "" if the connection ended first.
+	result := func(fr *http2.Framer) string {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return ""
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					_ = fr.WriteSettingsAck()
+				}
+			case *http2.MetaHeadersFrame:
+				if f.StreamEnded() {
+					for _, hf := range f.RegularFields() {
+						if hf.Name == "grpc-status" {
+							return hf.Value
+						}
+					}
+				}
+			}
+		}
+	}
+	if got := result(send(strings.TrimPrefix(methodCreateContainer, "/"))); got != "2" { // Unknown: the denial
+		t.Errorf("CreateContainer without the leading '/': grpc-status %q, want the Gate's denial (2)", got)
+	}
+	if got := result(send(methodVersionForTest, methodCreateContainer)); got != "" {
+		t.Errorf("two :path headers: grpc-status %q, want the connection refused", got)
+	}
+	if n := len(h.upstream.recordedCreates()); n != 0 {
+		t.Errorf("containerd created %d containers", n)
+	}
+}
+
+const methodVersionForTest = "/runtime.v1.RuntimeService/Version"
