@@ -217,9 +217,21 @@ func report(b *testing.B, direct, guarded, relayed []time.Duration, targetAdded 
 	if len(relayed) > 0 {
 		mr := median(relayed)
 		b.ReportMetric(float64((mr-md).Microseconds())/1000, "relay-added-ms")
-		relay = fmt.Sprintf("; through a byte relay %v, added %v (the floor of any extra hop, now)", mr, mr-md)
+		relay = fmt.Sprintf("; through a byte relay %v, added %v (the floor of any extra hop, now); paired: pullguard %v, relay %v",
+			mr, mr-md, pairedAdded(direct, guarded), pairedAdded(direct, relayed))
 	}
 	b.Logf("median direct %v, through pullguard %v, added %v (target <= %v): %s%s", md, mg, added, targetAdded, verdict, relay)
+}
+
+// pairedAdded is the median of the per-iteration differences: each
+// iteration's calls ran back to back, so drift in containerd's own time
+// cancels out better than in a difference of medians.
+func pairedAdded(direct, other []time.Duration) time.Duration {
+	d := make([]time.Duration, min(len(direct), len(other)))
+	for i := range d {
+		d[i] = other[i] - direct[i]
+	}
+	return median(d)
 }
 
 // BenchmarkPull: verified pull (one signature) vs direct pull of a same-sized
