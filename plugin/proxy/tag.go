@@ -37,55 +37,86 @@ const (
 // that kubelet finds it by the tag it asked for. The response is containerd's
 // (the image ID). An empty tagAs only pulls.
 func (s *Server) pullAndTag(ctx context.Context, forward *runtimeapi.PullImageRequest, tagAs string) (*runtimeapi.PullImageResponse, error) {
+	pulled := forward.GetImage().GetImage()
+	var refs *tagRefs
+	warm := make(chan bool, 1)
+	if tagAs != "" {
+		var err error
+		if refs, err = parseTagRefs(pulled, tagAs); err != nil {
+			return nil, status.Errorf(codes.Internal, "pullguard: cannot tag %s as %s: %v", pulled, tagAs, err)
+		}
+		// The lookup runs alongside the pull: a pull by digest never
+		// changes the tag's own record.
+		go func() { warm <- s.tagAlreadyNames(ctx, refs) }()
+	}
 	resp, err := runtimeapi.NewImageServiceClient(s.upstream).PullImage(ctx, forward)
 	if err != nil {
 		s.observe(methodPullImage, status.Code(err))
 		return nil, err
 	}
-	if tagAs == "" {
+	if refs == nil || <-warm {
 		return resp, nil
 	}
-	pulled := forward.GetImage().GetImage()
-	if err := s.tagImage(ctx, pulled, tagAs, resp.ImageRef); err != nil {
+	if err := s.tagImage(ctx, refs, resp.ImageRef); err != nil {
 		s.log.Error("tag pinned pull", "image", pulled, "tag", tagAs, "err", err)
 		return nil, status.Errorf(codes.Internal, "pullguard: pulled %s but could not tag it as %s: %v", pulled, tagAs, err)
 	}
 	return resp, nil
 }
 
-// tagImage creates or updates the containerd image tagAs to point where
-// pulledRef points, labelled as a CRI-managed image, then waits (bounded) for
-// the CRI image cache to resolve tagAs to imageID.
-func (s *Server) tagImage(ctx context.Context, pulledRef, tagAs, imageID string) error {
-	ctx, cancel := context.WithTimeout(ctx, tagTimeout)
-	defer cancel()
+// tagRefs are the two names of a pinned pull: what was pulled (repo@digest)
+// and the tag kubelet asked for.
+type tagRefs struct {
+	canonical reference.Canonical
+	tagged    reference.Named
+}
+
+func parseTagRefs(pulledRef, tagAs string) (*tagRefs, error) {
 	digested, err := reference.ParseDockerRef(pulledRef)
 	if err != nil {
-		return fmt.Errorf("parse pulled reference %q: %w", pulledRef, err)
+		return nil, fmt.Errorf("parse pulled reference %q: %w", pulledRef, err)
 	}
 	canonical, ok := digested.(reference.Canonical)
 	if !ok {
-		return fmt.Errorf("pulled reference %q is not pinned to a digest", pulledRef)
+		return nil, fmt.Errorf("pulled reference %q is not pinned to a digest", pulledRef)
 	}
 	tagged, err := reference.ParseDockerRef(tagAs)
 	if err != nil {
-		return fmt.Errorf("parse tag %q: %w", tagAs, err)
+		return nil, fmt.Errorf("parse tag %q: %w", tagAs, err)
 	}
 	if _, ok := tagged.(reference.Tagged); !ok {
-		return fmt.Errorf("%q is not a tag reference", tagAs)
+		return nil, fmt.Errorf("%q is not a tag reference", tagAs)
 	}
+	return &tagRefs{canonical: canonical, tagged: tagged}, nil
+}
 
-	ictx := metadata.NewOutgoingContext(ctx, metadata.Pairs(namespaceHeader, s.namespace))
-	images := imagesapi.NewImagesClient(s.upstream)
-	// A warm pull (the tag already names the verified content) changes
-	// nothing: one lookup, no update, and no CRI cache event to wait for,
-	// since the CRI cache learnt the tag when it was made (the pull that
-	// made it waited for that).
-	if cur, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: tagged.String()}); err == nil &&
-		cur.GetImage().GetTarget().GetDigest() == canonical.Digest().String() &&
-		cur.GetImage().GetLabels()[criImageLabel] == criImageLabelValue {
-		return nil
-	}
+func (s *Server) imagesClient(ctx context.Context) (context.Context, imagesapi.ImagesClient) {
+	return metadata.NewOutgoingContext(ctx, metadata.Pairs(namespaceHeader, s.namespace)), imagesapi.NewImagesClient(s.upstream)
+}
+
+// tagAlreadyNames reports whether the tag already names the verified
+// content as a CRI image: a warm pull then changes nothing (no update, and
+// no CRI cache event to wait for, since the CRI cache learnt the tag when it
+// was made: the pull that made it waited for that). Any error means "no":
+// the tag is then written, which is always correct.
+func (s *Server) tagAlreadyNames(ctx context.Context, refs *tagRefs) bool {
+	ctx, cancel := context.WithTimeout(ctx, tagTimeout)
+	defer cancel()
+	ictx, images := s.imagesClient(ctx)
+	cur, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: refs.tagged.String()})
+	return err == nil &&
+		cur.GetImage().GetTarget().GetDigest() == refs.canonical.Digest().String() &&
+		cur.GetImage().GetLabels()[criImageLabel] == criImageLabelValue
+}
+
+// tagImage creates or updates the containerd image refs.tagged to point
+// where refs.canonical points, labelled as a CRI-managed image, then waits
+// (bounded) for the CRI image cache to resolve the tag to imageID.
+func (s *Server) tagImage(ctx context.Context, refs *tagRefs, imageID string) error {
+	ctx, cancel := context.WithTimeout(ctx, tagTimeout)
+	defer cancel()
+	canonical, tagged := refs.canonical, refs.tagged
+	ictx, images := s.imagesClient(ctx)
 	got, err := images.Get(ictx, &imagesapi.GetImageRequest{Name: canonical.String()})
 	if err != nil {
 		return fmt.Errorf("get pulled image %s: %w", canonical, err)
