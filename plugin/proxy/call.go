@@ -229,7 +229,7 @@ func (c *call) answer(resp proto.Message, err error) {
 	maxFrame := int(t.clMaxFrame.Load())
 	var out []byte
 	if err == nil {
-		block := appendHpackLiteral([]byte{hpackStatus200}, "content-type", "application/grpc")
+		block := responseHeaders()
 		out = appendFrameHeader(out, len(block), frameHeaders, flagEndHeaders, c.stream)
 		out = append(out, block...)
 		out = appendDataFrames(out, c.stream, payload, maxFrame, false)
@@ -274,9 +274,14 @@ func (c *call) answer(resp proto.Message, err error) {
 	}
 }
 
+// responseHeaders is the header block that opens every gRPC response.
+func responseHeaders() []byte {
+	return appendHpackLiteral([]byte{hpackStatus200}, "content-type", "application/grpc")
+}
+
 // statusBlock is a trailers-only response's header block for st.
 func statusBlock(st *status.Status) []byte {
-	b := appendHpackLiteral([]byte{hpackStatus200}, "content-type", "application/grpc")
+	b := responseHeaders()
 	b = appendHpackLiteral(b, "grpc-status", strconv.Itoa(int(st.Code())))
 	msg := percentEncode(st.Message())
 	if len(msg) > maxGRPCMessage {

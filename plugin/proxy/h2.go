@@ -51,6 +51,12 @@ const (
 	errCodeCancel   uint32 = 0x8
 )
 
+// validMaxFrameSize says whether a SETTINGS_MAX_FRAME_SIZE value is one
+// RFC 9113 allows; others are left for the receiving end to refuse.
+func validMaxFrameSize(v uint32) bool {
+	return v >= defaultMaxFrameSize && v < 1<<24
+}
+
 type frameHeader struct {
 	length uint32
 	typ    uint8

@@ -3,8 +3,10 @@ package proxy
 import (
 	"io"
 	"net"
-	"strconv"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // refuseWait bounds how long a client whose containerd is unreachable is
@@ -26,9 +28,7 @@ func refuseUnavailable(client net.Conn, msg string) {
 	if _, err := client.Write(appendFrameHeader(nil, 0, frameSettings, 0, 0)); err != nil {
 		return
 	}
-	block := appendHpackLiteral([]byte{hpackStatus200}, "content-type", "application/grpc")
-	block = appendHpackLiteral(block, "grpc-status", strconv.Itoa(14)) // codes.Unavailable
-	block = appendHpackLiteral(block, "grpc-message", percentEncode(msg))
+	block := statusBlock(status.New(codes.Unavailable, msg))
 	fb := newFrameBuf(client)
 	for {
 		if err := fb.fill(); err != nil {

@@ -297,7 +297,7 @@ func (t *tunnel) clientUnit(dec *hpack.Decoder, unit []byte, h frameHeader) (boo
 	case frameSettings:
 		if !h.has(flagAck) {
 			settingsEach(unit[frameHeaderLen:], func(id uint16, v uint32) {
-				if id == settingMaxFrameSize && v >= defaultMaxFrameSize && v < 1<<24 {
+				if id == settingMaxFrameSize && validMaxFrameSize(v) {
 					t.clMaxFrame.Store(v)
 				}
 			})
@@ -452,17 +452,27 @@ func (t *tunnel) clientReset(stream uint32) bool {
 		t.mu.Unlock()
 		return false
 	}
+	t.mu.Unlock()
+	if t.endStream(stream) {
+		// Forward the reset first; the pump closes after its write.
+		go t.close()
+	}
+	return true
+}
+
+// endStream records that a stream ended on either side: a guarded call on
+// it leaves the decision, its held window goes back to the client, and the
+// Gate hears of a finished pull or removal. It reports whether the tunnel,
+// draining, has nothing left to carry.
+func (t *tunnel) endStream(stream uint32) bool {
+	t.mu.Lock()
 	restore := t.endCallLocked(stream)
 	kind, open := t.streams[stream]
 	delete(t.streams, stream)
 	idle := t.closeIdle && len(t.streams) == 0
 	t.mu.Unlock()
 	t.afterEnd(kind, open, restore)
-	if idle {
-		// Forward the reset first; the pump closes after its write.
-		go t.close()
-	}
-	return true
+	return idle
 }
 
 // endCallLocked takes a guarded call out of the decision (its stream ended
@@ -535,11 +545,11 @@ func (t *tunnel) fromUpstream() error {
 			}
 			switch h.typ {
 			case frameHeaders, frameData:
-				if h.has(flagEndStream) && t.upstreamEnded(h.stream) {
+				if h.has(flagEndStream) && t.endStream(h.stream) {
 					closeAfter = true
 				}
 			case frameRSTStream:
-				if t.upstreamEnded(h.stream) {
+				if t.endStream(h.stream) {
 					closeAfter = true
 				}
 			case frameSettings:
@@ -549,7 +559,7 @@ func (t *tunnel) fromUpstream() error {
 						case settingHeaderTableSize:
 							t.upTableSize.Store(v)
 						case settingMaxFrameSize:
-							if v >= defaultMaxFrameSize && v < 1<<24 {
+							if validMaxFrameSize(v) {
 								t.upMaxFrame.Store(v)
 							}
 						}
@@ -568,17 +578,4 @@ func (t *tunnel) fromUpstream() error {
 			return nil
 		}
 	}
-}
-
-// upstreamEnded records that containerd ended a stream; it reports whether
-// the tunnel, draining, has nothing left to carry.
-func (t *tunnel) upstreamEnded(stream uint32) bool {
-	t.mu.Lock()
-	restore := t.endCallLocked(stream)
-	kind, open := t.streams[stream]
-	delete(t.streams, stream)
-	idle := t.closeIdle && len(t.streams) == 0
-	t.mu.Unlock()
-	t.afterEnd(kind, open, restore)
-	return idle
 }
