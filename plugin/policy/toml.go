@@ -56,11 +56,31 @@ type TOMLVA struct {
 	Allow               []TOMLExemption `toml:"allow"`
 }
 
-// TOMLExemption is one [[...va.allow]] table (also used by the node config's [[va.allow]]).
+// VA converts to the model.
+func (v *TOMLVA) VA() VA {
+	va := VA{
+		Enabled:             v.Enabled,
+		MaxSeverity:         v.MaxSeverity,
+		IgnoreUnfixed:       v.IgnoreUnfixed,
+		Unscanned:           v.Unscanned,
+		RequireSignedReport: v.RequireSignedReport,
+	}
+	if v.MaxReportAge != nil {
+		d := time.Duration(*v.MaxReportAge)
+		va.MaxReportAge = &d
+	}
+	for _, e := range v.Allow {
+		va.Allow = append(va.Allow, e.Exemption())
+	}
+	return va
+}
+
+// TOMLExemption is one [[...va.allow]] table (also used by the node config's [[va.allow]], and
+// by the YAML documents' va.allow, whose keys are the same).
 type TOMLExemption struct {
-	ID         string   `toml:"id"`
-	Expires    Date     `toml:"expires"`
-	Namespaces []string `toml:"namespaces"`
+	ID         string   `toml:"id" yaml:"id"`
+	Expires    Date     `toml:"expires" yaml:"expires"`
+	Namespaces []string `toml:"namespaces" yaml:"namespaces"`
 }
 
 // Exemption converts to the model.
@@ -87,22 +107,8 @@ func (t *TOMLPolicy) Policy(source string) (Policy, error) {
 					rule.Checks.Trust.Signers = appendUnique(rule.Checks.Trust.Signers, s)
 				}
 			}
-			if v := c.VA; v != nil {
-				va := VA{
-					Enabled:             v.Enabled,
-					MaxSeverity:         v.MaxSeverity,
-					IgnoreUnfixed:       v.IgnoreUnfixed,
-					Unscanned:           v.Unscanned,
-					RequireSignedReport: v.RequireSignedReport,
-				}
-				if v.MaxReportAge != nil {
-					d := time.Duration(*v.MaxReportAge)
-					va.MaxReportAge = &d
-				}
-				for _, e := range v.Allow {
-					va.Allow = append(va.Allow, e.Exemption())
-				}
-				rule.Checks.VA = va
+			if c.VA != nil {
+				rule.Checks.VA = c.VA.VA()
 			}
 		}
 		p.Rules = append(p.Rules, rule)

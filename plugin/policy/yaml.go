@@ -7,7 +7,6 @@ import (
 	"io"
 	"regexp"
 	"strings"
-	"time"
 
 	yaml "go.yaml.in/yaml/v2"
 )
@@ -80,6 +79,8 @@ type yamlSecretRef struct {
 	Name string `yaml:"name"`
 }
 
+// yamlVA has TOMLVA's fields under the YAML documents' camelCase keys, so that
+// one converts to the other and both share TOMLVA.VA.
 type yamlVA struct {
 	Enabled             bool            `yaml:"enabled"`
 	MaxSeverity         *string         `yaml:"maxSeverity"`
@@ -87,13 +88,7 @@ type yamlVA struct {
 	Unscanned           *string         `yaml:"unscanned"`
 	MaxReportAge        *Duration       `yaml:"maxReportAge"`
 	RequireSignedReport *bool           `yaml:"requireSignedReport"`
-	Allow               []yamlExemption `yaml:"allow"`
-}
-
-type yamlExemption struct {
-	ID         string   `yaml:"id"`
-	Expires    Date     `yaml:"expires"`
-	Namespaces []string `yaml:"namespaces"`
+	Allow               []TOMLExemption `yaml:"allow"`
 }
 
 // ParseYAML reads one or more YAML documents (separated by "---"), each a ClusterImagePolicy
@@ -274,21 +269,8 @@ func (r *yamlRepo) rule(i int) (Rule, error) {
 		}
 	}
 	if v := r.Policy.VA; v != nil {
-		va := VA{
-			Enabled:             v.Enabled,
-			MaxSeverity:         v.MaxSeverity,
-			IgnoreUnfixed:       v.IgnoreUnfixed,
-			Unscanned:           v.Unscanned,
-			RequireSignedReport: v.RequireSignedReport,
-		}
-		if v.MaxReportAge != nil {
-			d := time.Duration(*v.MaxReportAge)
-			va.MaxReportAge = &d
-		}
-		for _, e := range v.Allow {
-			va.Allow = append(va.Allow, Exemption{ID: e.ID, Expires: e.Expires.Time, Namespaces: e.Namespaces})
-		}
-		rule.Checks.VA = va
+		tv := TOMLVA(*v)
+		rule.Checks.VA = tv.VA()
 	}
 	return rule, nil
 }
