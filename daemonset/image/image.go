@@ -28,6 +28,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/pullguard/pullguard/daemonset/hoststate"
 )
 
 // Paths inside the image.
@@ -60,7 +62,7 @@ func Build(spec Spec) (v1.Image, error) {
 	if spec.Created.IsZero() {
 		spec.Created = time.Unix(0, 0).UTC()
 	}
-	bin, err := readBounded(spec.Binary, maxBinaryBytes)
+	bin, err := hoststate.ReadBounded(spec.Binary, maxBinaryBytes)
 	if err != nil {
 		return nil, fmt.Errorf("build image: read binary: %w", err)
 	}
@@ -70,7 +72,7 @@ func Build(spec Spec) (v1.Image, error) {
 	}
 	files := []file{{path: BinaryPath, data: bin, mode: 0o755}}
 	if spec.Config != "" {
-		data, err := readBounded(spec.Config, maxFileBytes)
+		data, err := hoststate.ReadBounded(spec.Config, maxFileBytes)
 		if err != nil {
 			return nil, fmt.Errorf("build image: read config: %w", err)
 		}
@@ -217,7 +219,7 @@ func policyFiles(dir string) ([]file, error) {
 		if len(out) == maxPolicies {
 			return nil, fmt.Errorf("read policies: more than %d files in %s", maxPolicies, dir)
 		}
-		data, err := readBounded(p, maxFileBytes)
+		data, err := hoststate.ReadBounded(p, maxFileBytes)
 		if err != nil {
 			return nil, fmt.Errorf("read policy: %w", err)
 		}
@@ -255,20 +257,4 @@ func staticLinuxArch(bin []byte) (string, error) {
 		return "riscv64", nil
 	}
 	return "", fmt.Errorf("unsupported ELF machine %v", f.Machine)
-}
-
-func readBounded(p string, limit int64) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", p, limit)
-	}
-	return data, nil
 }

@@ -5,12 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
+	"github.com/pullguard/pullguard/daemonset/hoststate"
 	"github.com/pullguard/pullguard/plugin/policy"
 )
 
@@ -46,9 +46,9 @@ func (s Store) Load() (files map[Key][]byte, skipped []string, err error) {
 			continue
 		}
 		path := filepath.Join(s.Dir, e.Name())
-		data, err := readBounded(path, policy.MaxPolicyFileBytes)
+		data, err := hoststate.ReadBounded(path, policy.MaxPolicyFileBytes)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("read synced policy: %w", err)
 		}
 		for _, doc := range bytes.Split(data, []byte("\n"+docSeparator)) {
 			if len(bytes.TrimSpace(doc)) == 0 {
@@ -69,22 +69,6 @@ func (s Store) Load() (files map[Key][]byte, skipped []string, err error) {
 		}
 	}
 	return files, skipped, nil
-}
-
-func readBounded(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("read synced policy: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read synced policy %s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("read synced policy %s: larger than %d bytes", path, limit)
-	}
-	return data, nil
 }
 
 // Write makes the directory hold exactly files (rendered objects by key). It reports whether
