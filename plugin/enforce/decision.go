@@ -40,6 +40,12 @@ const (
 	OpPull   Operation = "pull"
 	OpCreate Operation = "create"
 	OpCheck  Operation = "check"
+	// OpSandbox decides the sandbox (pause) image containerd runs for
+	// every pod, ahead of the pods.
+	OpSandbox Operation = "sandbox"
+	// OpVerify fetches and verifies what a decision from cached facts
+	// found missing, in the background.
+	OpVerify Operation = "verify"
 )
 
 // Request is what the proxy (or `pullguard check`) asks about.
@@ -50,11 +56,13 @@ type Request struct {
 	// Digest, when known (create time), is the content the rules are
 	// checked against instead of resolving Image again.
 	Digest string
-	// ImageID is set at create time when the node knows no manifest digest
-	// for Image (an image loaded with ctr, or a tag re-pointed inside
-	// containerd): the node's image ID (config digest). The registry's
-	// content under Image then counts only if it is that image.
+	// ImageID is the image containerd will run (its config digest), when
+	// deciding on the node's content; it is reported, Digest is checked.
 	ImageID string
+	// CachedOnly decides from facts already established, fetching nothing:
+	// a fact not known yet denies with NotVerified set. Decisions made
+	// inside containerd's container creation must never wait on a registry.
+	CachedOnly bool
 	// Credentials returns the registry credentials sent with the request for
 	// a registry host (nil when none apply). They are used for this decision
 	// only, never cached and never logged.
@@ -72,11 +80,20 @@ type Decision struct {
 	// FailedOpen is true when the registry could not be reached and the rule
 	// opted into fail_open: admitted without the checks it asks for.
 	FailedOpen bool
+	// NotVerified is true when a decision from cached facts lacked some:
+	// denied until a verification in the background establishes them.
+	NotVerified bool
+	// Unscanned is true when the rule asks for vulnerability assessment, no
+	// scan report was found, and the rule's unscanned = allow admitted it.
+	Unscanned bool
 
 	Op        Operation
 	Namespace string
 	Image     string // normalised when it could be parsed, else as given
 	Digest    string // resolved or verified digest, when known
+	// ImageID is the image containerd runs (its config digest), for
+	// decisions made on the node's content.
+	ImageID string
 	// PinnedRef is repo@digest: what the pull must fetch so that what lands
 	// is what was verified. Empty when nothing was resolved.
 	PinnedRef string
@@ -113,8 +130,13 @@ func (d *Decision) Message() string {
 	default:
 		fmt.Fprintf(&b, "pullguard denied image %q for %s", d.Image, d.nsPhrase())
 	}
-	if d.Digest != "" {
+	switch {
+	case d.Digest != "" && d.ImageID != "":
+		fmt.Fprintf(&b, " (digest %s, image ID %s)", d.Digest, d.ImageID)
+	case d.Digest != "":
 		fmt.Fprintf(&b, " (digest %s)", d.Digest)
+	case d.ImageID != "":
+		fmt.Fprintf(&b, " (image ID %s)", d.ImageID)
 	}
 	if d.Policy != "" {
 		fmt.Fprintf(&b, ": %s", d.Policy)

@@ -36,6 +36,10 @@ type Options struct {
 	// every time.
 	Facts FactsCache
 
+	// Background verifies what decisions from cached facts found missing;
+	// nil verifies nothing in the background.
+	Background *Background
+
 	// Reports finds scan reports; nil means rules with va deny.
 	Reports    ReportSource
 	VADefaults VADefaults
@@ -79,12 +83,18 @@ func (e *Engine) Policies() *policy.Set { return e.policies.Load() }
 // Decide evaluates req and writes one audit log line.
 func (e *Engine) Decide(ctx context.Context, req Request) *Decision {
 	start := e.opts.Now()
-	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
+	dctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
 
-	d := e.decide(ctx, req)
+	d := e.decide(dctx, req)
+	if d.FailedOpen && ctx.Err() != nil {
+		// The caller gave up, not the registry: fail_open is for a
+		// registry that cannot be reached, never for a client's deadline.
+		d.Verdict, d.FailedOpen = Deny, false
+		d.Reason += " (the caller's deadline ended the decision; fail_open does not apply)"
+	}
 	d.Latency = e.opts.Now().Sub(start)
-	e.audit(ctx, d)
+	e.audit(dctx, d)
 	if e.opts.Observer != nil {
 		e.opts.Observer.ObserveDecision(d)
 	}
@@ -93,7 +103,7 @@ func (e *Engine) Decide(ctx context.Context, req Request) *Decision {
 
 func (e *Engine) decide(ctx context.Context, req Request) *Decision {
 	set := e.policies.Load()
-	d := &Decision{Op: req.Op, Namespace: req.Namespace, Image: req.Image, Digest: req.Digest}
+	d := &Decision{Op: req.Op, Namespace: req.Namespace, Image: req.Image, Digest: req.Digest, ImageID: req.ImageID}
 	if set == nil {
 		return d.deny(SignatureValidationFailed, "no policies are loaded")
 	}
@@ -123,11 +133,12 @@ func (e *Engine) decide(ctx context.Context, req Request) *Decision {
 		d.Verdict = Admit
 		return d
 	}
-	if req.Op == OpCreate && f.category == RegistryUnavailable {
-		f.reason += "; the image was not verified when it was pulled on this node: with imagePullPolicy: Always the pull (and its credentials) goes through pullguard first"
-	}
 	d.deny(f.category, f.reason)
+	d.NotVerified = f.notVerified
 	switch {
+	case f.notVerified:
+		// Nothing was decided yet: neither audit nor fail_open may admit
+		// what nobody has looked at; the background verification will.
 	case f.category == RegistryUnavailable && m.Rule.FailOpen:
 		// Availability-first namespaces opt into this; the audit line and
 		// the decision say so loudly.
@@ -164,7 +175,11 @@ func (e *Engine) check(ctx context.Context, req Request, m *policy.Match, d *Dec
 		if f := e.checkVA(ctx, req, s, c.VA, d); f != nil {
 			return f
 		}
-		passed = append(passed, "vulnerability assessment passed")
+		if d.Unscanned {
+			passed = append(passed, "no vulnerability scan report found (admitted: unscanned = allow)")
+		} else {
+			passed = append(passed, "vulnerability assessment passed")
+		}
 	}
 	if pinned, err := reference.WithDigest(s.repo, s.desc.Digest); err == nil {
 		d.PinnedRef = pinned.String()

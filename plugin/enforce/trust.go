@@ -2,7 +2,6 @@ package enforce
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -33,6 +32,13 @@ type TrustVerifier interface {
 type Facts struct {
 	Trust  *trust.Facts `json:"trust,omitempty"`
 	Report *va.Attested `json:"report,omitempty"`
+	// NoReport records that no usable scan report was found: "" when one
+	// was, else why not (no report attached, or the reports there are
+	// unsigned, untrusted or malformed). It is a fact about the registry's
+	// content like any other, so a decision from cached facts can use it.
+	NoReport string `json:"no_report,omitempty"`
+	// NoReportKind is the va error class behind NoReport.
+	NoReportKind string `json:"no_report_kind,omitempty"`
 }
 
 // FactsCache keeps facts by content (digest and trust material, never a
@@ -40,6 +46,8 @@ type Facts struct {
 // verifies every time.
 type FactsCache interface {
 	Do(ctx context.Context, key string, fn func(ctx context.Context) (*Facts, error)) (*Facts, bool, error)
+	// Get returns the live facts under key without computing them.
+	Get(key string) (*Facts, bool)
 }
 
 // subject is the resolved image every check looks at.
@@ -57,8 +65,17 @@ type subject struct {
 // resolve pins the image to a digest once per decision, so that trust and VA
 // look at the same content and the pull fetches exactly that content.
 func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named) (*subject, *failure) {
+	if req.CachedOnly {
+		// Decided from what is already known about the content: nothing is
+		// fetched, so no repository handle is needed.
+		d := digest.Digest(req.Digest)
+		if err := d.Validate(); err != nil {
+			return nil, &failure{category: SignatureValidationFailed, reason: fmt.Sprintf("image digest %q on the node is invalid: %v", req.Digest, err)}
+		}
+		return &subject{name: name, repo: reference.TrimNamed(name), desc: ocispec.Descriptor{Digest: d}, lazy: true}, nil
+	}
 	if e.opts.Registry == nil {
-		return nil, &failure{SignatureValidationFailed, "no registry access is configured to resolve the image"}
+		return nil, &failure{category: SignatureValidationFailed, reason: "no registry access is configured to resolve the image"}
 	}
 	src, err := e.opts.Registry.RepositoryWith(ctx, name, e.credentials(req))
 	if err != nil {
@@ -71,61 +88,16 @@ func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named)
 		// only if something is not already known about it.
 		d := digest.Digest(req.Digest)
 		if err := d.Validate(); err != nil {
-			return nil, &failure{SignatureValidationFailed, fmt.Sprintf("image digest %q on the node is invalid: %v", req.Digest, err)}
+			return nil, &failure{category: SignatureValidationFailed, reason: fmt.Sprintf("image digest %q on the node is invalid: %v", req.Digest, err)}
 		}
 		s.desc, s.lazy = ocispec.Descriptor{Digest: d}, true
 		return s, nil
 	}
-	var body []byte
-	if s.desc, body, err = src.ResolveManifest(ctx, name); err != nil {
+	if s.desc, _, err = src.ResolveManifest(ctx, name); err != nil {
 		// The registry client's error already names the reference.
 		return nil, registryFailure("", err)
 	}
-	if req.ImageID != "" {
-		if f := sameAsNode(ctx, s, body, req.ImageID); f != nil {
-			return nil, f
-		}
-	}
 	return s, nil
-}
-
-// maxIndexChildren bounds the platform manifests fetched to find the node's
-// image in an index.
-const maxIndexChildren = 64
-
-// sameAsNode checks that the content the registry has under the name is the
-// image the node holds (whose ID is its config digest), so that an image
-// loaded or re-tagged on the node is not admitted on the strength of the
-// registry's content for the same name.
-func sameAsNode(ctx context.Context, s *subject, body []byte, imageID string) *failure {
-	var m struct {
-		Config    ocispec.Descriptor   `json:"config"`
-		Manifests []ocispec.Descriptor `json:"manifests"`
-	}
-	if err := json.Unmarshal(body, &m); err != nil {
-		return &failure{SignatureValidationFailed, fmt.Sprintf("manifest %s@%s: %v", s.repo, s.desc.Digest, err)}
-	}
-	if m.Config.Digest.String() == imageID {
-		return nil
-	}
-	for i, child := range m.Manifests {
-		if i == maxIndexChildren {
-			break
-		}
-		raw, err := s.src.FetchManifest(ctx, child)
-		if err != nil {
-			return registryFailure(fmt.Sprintf("fetch manifest %s@%s", s.repo, child.Digest), err)
-		}
-		var cm struct {
-			Config ocispec.Descriptor `json:"config"`
-		}
-		if json.Unmarshal(raw, &cm) == nil && cm.Config.Digest.String() == imageID {
-			return nil
-		}
-	}
-	return &failure{SignatureValidationFailed, fmt.Sprintf(
-		"the image on the node (id %s) is not what %s names in the registry (%s): it was loaded or re-tagged on the node, so it cannot be verified; pull it through pullguard (imagePullPolicy: Always)",
-		imageID, s.name, s.desc.Digest)}
 }
 
 // credentials are the request's for a host, else the node's own.
@@ -167,7 +139,7 @@ func (e *Engine) complete(ctx context.Context, s *subject) error {
 // checkTrust returns why the image's signatures do not satisfy the rule.
 func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, d *Decision) *failure {
 	if e.opts.Trust == nil {
-		return &failure{SignatureValidationFailed, "the rule requires signatures but no signers are configured on this node"}
+		return &failure{category: SignatureValidationFailed, reason: "the rule requires signatures but no signers are configured on this node"}
 	}
 	verify := func(ctx context.Context) (*Facts, error) {
 		if err := e.complete(ctx, s); err != nil {
@@ -179,17 +151,12 @@ func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, 
 		}
 		return &Facts{Trust: f}, nil
 	}
-	var (
-		got *Facts
-		err error
-	)
-	if e.opts.Facts != nil {
-		// Signatures live in a repository, so the repository is part of the
-		// key along with the content and the trust material.
-		key := "trust\x00" + s.repo.String() + "\x00" + s.desc.Digest.String() + "\x00" + e.opts.Trust.TrustMaterialHash()
-		got, _, err = e.opts.Facts.Do(ctx, key, verify)
-	} else {
-		got, err = verify(ctx)
+	// Signatures live in a repository, so the repository is part of the
+	// key along with the content and the trust material.
+	key := "trust\x00" + s.repo.String() + "\x00" + s.desc.Digest.String() + "\x00" + e.opts.Trust.TrustMaterialHash()
+	got, err, f := e.facts(ctx, s, key, verify)
+	if f != nil {
+		return f
 	}
 	if err == nil && got.Trust == nil {
 		err = errors.New("cached facts hold no signature facts")
@@ -200,7 +167,7 @@ func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, 
 	facts := got.Trust
 	d.Details = append(d.Details, facts.Explain()...)
 	if unmet := facts.Unmet(required); unmet != "" {
-		return &failure{SignatureValidationFailed, unmet}
+		return &failure{category: SignatureValidationFailed, reason: unmet}
 	}
 	return nil
 }
@@ -209,6 +176,9 @@ func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, 
 type failure struct {
 	category Category
 	reason   string
+	// notVerified: the decision was made from cached facts and the facts it
+	// needs are not known yet.
+	notVerified bool
 }
 
 // registryFailure classifies a registry error: could not ask (fail closed
@@ -219,11 +189,32 @@ func registryFailure(what string, err error) *failure {
 	}
 	switch {
 	case errors.Is(err, registry.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		return &failure{RegistryUnavailable, fmt.Sprintf("%s: %v", what, err)}
+		return &failure{category: RegistryUnavailable, reason: fmt.Sprintf("%s: %v", what, err)}
 	case errors.Is(err, registry.ErrUnauthorized):
-		return &failure{SignatureValidationFailed, fmt.Sprintf("%s: the registry refused access (%v); the pod's imagePullSecrets must grant it", what, err)}
+		return &failure{category: SignatureValidationFailed, reason: fmt.Sprintf("%s: the registry refused access (%v); the pod's imagePullSecrets must grant it", what, err)}
 	case errors.Is(err, registry.ErrNotFound):
-		return &failure{SignatureValidationFailed, fmt.Sprintf("%s: not found in the registry", what)}
+		return &failure{category: SignatureValidationFailed, reason: fmt.Sprintf("%s: not found in the registry", what)}
 	}
-	return &failure{SignatureValidationFailed, fmt.Sprintf("%s: %v", what, err)}
+	return &failure{category: SignatureValidationFailed, reason: fmt.Sprintf("%s: %v", what, err)}
+}
+
+// facts returns the facts under key: computed with fn (at most once for
+// identical keys in flight), or, for a decision from cached facts only, as
+// cached, with a "not verified yet" failure when nothing is.
+func (e *Engine) facts(ctx context.Context, s *subject, key string, fn func(ctx context.Context) (*Facts, error)) (*Facts, error, *failure) {
+	if s.src == nil {
+		if e.opts.Facts != nil {
+			if got, ok := e.opts.Facts.Get(key); ok {
+				return got, nil, nil
+			}
+		}
+		return nil, nil, &failure{category: SignatureValidationFailed, notVerified: true, reason: fmt.Sprintf(
+			"pullguard has not verified %s@%s on this node yet; it is verifying it now, and a retry is decided on the result", s.repo, s.desc.Digest)}
+	}
+	if e.opts.Facts == nil {
+		got, err := fn(ctx)
+		return got, err, nil
+	}
+	got, _, err := e.opts.Facts.Do(ctx, key, fn)
+	return got, err, nil
 }

@@ -85,11 +85,11 @@ func (e *Engine) vaKnobs(rule policy.VA) (knobs, error) {
 // checkVA returns why the image fails vulnerability assessment.
 func (e *Engine) checkVA(ctx context.Context, req Request, s *subject, rule policy.VA, d *Decision) *failure {
 	if e.opts.Reports == nil {
-		return &failure{SignatureValidationFailed, "the rule requires vulnerability assessment but no report source is configured on this node"}
+		return &failure{category: SignatureValidationFailed, reason: "the rule requires vulnerability assessment but no report source is configured on this node"}
 	}
 	k, err := e.vaKnobs(rule)
 	if err != nil {
-		return &failure{SignatureValidationFailed, fmt.Sprintf("va settings: %v", err)}
+		return &failure{category: SignatureValidationFailed, reason: fmt.Sprintf("va settings: %v", err)}
 	}
 	find := func(ctx context.Context) (*Facts, error) {
 		if err := e.complete(ctx, s); err != nil {
@@ -99,21 +99,32 @@ func (e *Engine) checkVA(ctx context.Context, req Request, s *subject, rule poli
 			Image:         va.Image{Name: s.name, Subject: s.desc, Registry: s.src},
 			RequireSigned: k.requireSigned,
 		})
+		if kind := reportProblem(err); kind != "" {
+			// What the registry holds is itself the fact: cached like a
+			// report, so a decision from cached facts can use it too.
+			return &Facts{NoReport: err.Error(), NoReportKind: kind}, nil
+		}
 		if err != nil {
 			return nil, err
 		}
 		return &Facts{Report: att}, nil
 	}
-	var facts *Facts
-	if e.opts.Facts != nil {
-		key := fmt.Sprintf("va\x00%s\x00%s\x00signed=%v\x00%s", s.repo, s.desc.Digest, k.requireSigned, e.opts.VADefaults.ScannerMaterialHash)
-		facts, _, err = e.opts.Facts.Do(ctx, key, find)
-	} else {
-		facts, err = find(ctx)
+	key := fmt.Sprintf("va\x00%s\x00%s\x00signed=%v\x00%s", s.repo, s.desc.Digest, k.requireSigned, e.opts.VADefaults.ScannerMaterialHash)
+	facts, err, f := e.facts(ctx, s, key, find)
+	if f != nil {
+		return f
 	}
-	switch {
-	case errors.Is(err, va.ErrNoReport):
+	if err == nil && facts.Report == nil && facts.NoReport == "" {
+		err = errors.New("cached facts hold no scan report facts")
+	}
+	if err != nil {
+		return registryFailure(fmt.Sprintf("find the vulnerability report of %s@%s", s.repo, s.desc.Digest), err)
+	}
+	switch facts.NoReportKind {
+	case "":
+	case noReport:
 		if k.unscanned == policy.UnscannedAllow {
+			d.Unscanned = true
 			d.Details = append(d.Details, fmt.Sprintf("va: no scan report for %s; admitted because unscanned = allow", s.desc.Digest))
 			return nil
 		}
@@ -121,11 +132,9 @@ func (e *Engine) checkVA(ctx context.Context, req Request, s *subject, rule poli
 		if k.requireSigned {
 			what = "scan report signed by a scanner signer"
 		}
-		return &failure{SignatureValidationFailed, fmt.Sprintf("no vulnerability %s is attached to %s (unscanned = deny)", what, s.desc.Digest)}
-	case errors.Is(err, va.ErrUntrustedReport), errors.Is(err, va.ErrMalformedReport), errors.Is(err, va.ErrNotSigned):
-		return &failure{SignatureValidationFailed, fmt.Sprintf("vulnerability report: %v", err)}
-	case err != nil:
-		return registryFailure(fmt.Sprintf("find the vulnerability report of %s@%s", s.repo, s.desc.Digest), err)
+		return &failure{category: SignatureValidationFailed, reason: fmt.Sprintf("no vulnerability %s is attached to %s (unscanned = deny)", what, s.desc.Digest)}
+	default:
+		return &failure{category: SignatureValidationFailed, reason: fmt.Sprintf("vulnerability report: %s", facts.NoReport)}
 	}
 	att := facts.Report
 	res := va.Evaluate(att.Report, k.opts, req.Namespace, e.opts.Now())
@@ -136,9 +145,28 @@ func (e *Engine) checkVA(ctx context.Context, req Request, s *subject, rule poli
 	d.Details = append(d.Details, fmt.Sprintf("va: report %s (%s%s): %s", att.Descriptor.Digest, att.MediaType, vouched, res.Message(va.DefaultMessageFindings)))
 	d.VA = &res
 	if !res.Pass {
-		return &failure{SignatureValidationFailed, res.Message(va.DefaultMessageFindings)}
+		return &failure{category: SignatureValidationFailed, reason: res.Message(va.DefaultMessageFindings)}
 	}
 	return nil
+}
+
+// Kinds of "no usable report" facts.
+const (
+	noReport       = "none"
+	rejectedReport = "rejected"
+)
+
+// reportProblem classifies a report source's error: "" when err is no
+// statement about the registry's content (nil, or the registry could not be
+// asked).
+func reportProblem(err error) string {
+	switch {
+	case errors.Is(err, va.ErrNoReport):
+		return noReport
+	case errors.Is(err, va.ErrUntrustedReport), errors.Is(err, va.ErrMalformedReport), errors.Is(err, va.ErrNotSigned):
+		return rejectedReport
+	}
+	return ""
 }
 
 // ReportVerifier vouches for scan reports with the scanner signers'
