@@ -23,7 +23,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/pullguard/pullguard/integration/testbed"
-	"github.com/pullguard/pullguard/plugin/proxy"
+	"github.com/pullguard/pullguard/plugin/imageproxy"
 )
 
 type options struct {
@@ -170,12 +170,12 @@ func startProxy(ctx context.Context, bed *testbed.Bed, o options) (string, int, 
 		}
 		return pg.Socket, pg.Process().Pid(), func() { _ = pg.Stop() }, nil
 	case "inprocess":
-		srv, err := proxy.New(proxy.Options{Upstream: bed.Containerd.Socket})
+		srv, err := imageproxy.New(imageproxy.Options{Upstream: bed.Containerd.Socket})
 		if err != nil {
 			return "", 0, nil, fmt.Errorf("create in-process proxy: %w", err)
 		}
 		sock := filepath.Join(bed.Dir, "benchpg", "pg.sock")
-		l, err := proxy.Listen(sock, 0, "")
+		l, err := imageproxy.Listen(sock, 0, "")
 		if err != nil {
 			return "", 0, nil, err
 		}

@@ -14,7 +14,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/pullguard/pullguard/integration/testbed"
-	"github.com/pullguard/pullguard/plugin/proxy"
+	"github.com/pullguard/pullguard/plugin/imageproxy"
 )
 
 // pinningGate admits every pull pinned to one digest, as the enforcer does after verifying
@@ -24,7 +24,7 @@ type pinningGate struct {
 	beforePull func(context.Context) error
 }
 
-func (g *pinningGate) AdmitPull(ctx context.Context, req *runtimeapi.PullImageRequest) (*proxy.PullPlan, error) {
+func (g *pinningGate) AdmitPull(ctx context.Context, req *runtimeapi.PullImageRequest) (*imageproxy.PullPlan, error) {
 	if g.beforePull != nil {
 		if err := g.beforePull(ctx); err != nil {
 			return nil, err
@@ -32,7 +32,7 @@ func (g *pinningGate) AdmitPull(ctx context.Context, req *runtimeapi.PullImageRe
 	}
 	fwd := proto.Clone(req).(*runtimeapi.PullImageRequest)
 	fwd.Image.Image = g.pinned
-	return &proxy.PullPlan{Forward: fwd, TagAs: req.GetImage().GetImage()}, nil
+	return &imageproxy.PullPlan{Forward: fwd, TagAs: req.GetImage().GetImage()}, nil
 }
 
 func (g *pinningGate) AdmitCreate(context.Context, *runtimeapi.CreateContainerRequest) error {
@@ -82,12 +82,12 @@ func TestPinnedPullAgainstContainerd(t *testing.T) {
 		},
 	}
 
-	srv, err := proxy.New(proxy.Options{Upstream: bed.Containerd.Socket, Gate: gate, Logger: log})
+	srv, err := imageproxy.New(imageproxy.Options{Upstream: bed.Containerd.Socket, Gate: gate, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(bed.Dir, "pinpg", "pg.sock")
-	l, err := proxy.Listen(sock, 0, "")
+	l, err := imageproxy.Listen(sock, 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package proxy
+package imageproxy
 
 import (
 	"context"
@@ -51,7 +51,7 @@ func (s *Server) pullAndTag(ctx context.Context, forward *runtimeapi.PullImageRe
 	}
 	resp, err := runtimeapi.NewImageServiceClient(s.upstream).PullImage(ctx, forward)
 	if err != nil {
-		s.observe(methodPullImage, status.Code(err))
+		s.observe(methodPullImage, err)
 		return nil, err
 	}
 	if refs == nil || <-warm {

@@ -1,4 +1,4 @@
-package proxy
+package imageproxy
 
 import (
 	"context"
@@ -6,16 +6,14 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// Gate decides on the two intercepted CRI calls. The proxy declares it (the
-// consumer side); plugin/proxy/enforcer.go implements it on top of
-// plugin/enforce.
+// Gate decides on PullImage. The proxy declares it (the consumer side);
+// enforcer.go implements it on top of plugin/enforce.
 //
 // Errors a Gate returns are sent to the client as they are, so a Gate builds
 // them with google.golang.org/grpc/status (kubelet keeps the bare message only
 // for codes.Unknown).
 type Gate interface {
 	AdmitPull(ctx context.Context, req *runtimeapi.PullImageRequest) (*PullPlan, error)
-	AdmitCreate(ctx context.Context, req *runtimeapi.CreateContainerRequest) error
 }
 
 // PullPlan says how an admitted pull is carried out. A nil *PullPlan admits the
@@ -29,11 +27,4 @@ type PullPlan struct {
 	// pinned it to a digest), so that kubelet's ImageStatus by that name finds
 	// it and IfNotPresent does not pull again.
 	TagAs string
-}
-
-// imageWatcher is implemented by Gates that keep facts about the images on
-// the node (the Enforcer's lookup cache): the proxy tells them when a
-// PullImage or RemoveImage that went through it has ended.
-type imageWatcher interface {
-	ImagesChanged()
 }

@@ -1,9 +1,8 @@
-package proxy
+package imageproxy
 
 import (
 	"fmt"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 
@@ -12,7 +11,7 @@ import (
 	_ "google.golang.org/grpc/encoding/proto"
 )
 
-// frame is one gRPC message kept in its wire encoding. The test upstream echoes frames
+// frame is one gRPC message kept in its wire encoding. The proxy moves frames
 // between the client and the upstream without decoding them, so methods newer
 // than the compiled cri-api pass through and the common path costs no
 // protobuf work.
@@ -74,7 +73,3 @@ func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	return c.proto.Unmarshal(data, v)
 }
-
-// anyStream describes a call of unknown shape: allowing both sides to stream
-// covers unary, server-, client- and bidi-streaming methods alike.
-var anyStream = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
