@@ -32,6 +32,7 @@ type Config struct {
 	VA       VA                  `toml:"va"`
 	Registry Registry            `toml:"registry"`
 	Cache    Cache               `toml:"cache"`
+	NRI      NRI                 `toml:"nri"`
 
 	// Source is the file the config came from ("" when parsed from bytes without a name).
 	Source string `toml:"-"`
@@ -47,6 +48,9 @@ type Server struct {
 	ShutdownTimeout   Duration `toml:"shutdown_timeout"`
 	StateDir          string   `toml:"state_dir"`
 	UpstreamNamespace string   `toml:"upstream_namespace"`
+	// AdminSocket serves /readyz, /healthz, /metrics and the running-workload status to local
+	// root (mode 0600): what the installer waits on and `pullguard status` reads.
+	AdminSocket string `toml:"admin_socket"`
 }
 
 // SocketFileMode is SocketMode parsed; Validate has checked it, an invalid value yields 0660.
@@ -161,6 +165,40 @@ type Registry struct {
 	AuthFile string `toml:"auth_file"`
 }
 
+// NRI is [nri]: pullguard's gate inside containerd, the NRI plugin that containerd's default
+// validator requires for every container it creates.
+type NRI struct {
+	// Mode is "enforce" (the default: creates are decided inside containerd, and serve refuses
+	// to start unless containerd requires pullguard) or "pull-only" (runtimes without NRI
+	// validation: only pulls are decided, and containers of images already on the node, or
+	// pulled around pullguard, start unchecked).
+	Mode string `toml:"mode"`
+	// Socket is containerd's NRI socket.
+	Socket      string `toml:"socket"`
+	PluginName  string `toml:"plugin_name"`
+	PluginIndex string `toml:"plugin_index"`
+	// Timeout bounds one answer to containerd; it must stay well under containerd's
+	// plugin_request_timeout, or containerd drops the plugin and refuses every create until it
+	// is back.
+	Timeout Duration `toml:"timeout"`
+	// ContainerdConfig is containerd's config file, read at start to check that NRI is on and
+	// its default validator requires this plugin ("" skips the check, with a warning).
+	ContainerdConfig string `toml:"containerd_config"`
+	// SandboxImage is containerd's sandbox (pause) image (its pinned_images.sandbox), decided
+	// under the cluster policy ahead of the pods. Images containerd labels as pinned are
+	// decided too.
+	SandboxImage string `toml:"sandbox_image"`
+	// ImageVolumeDir is containerd CRI's image-volume directory; "" asks containerd (its CRI
+	// status names its state directory).
+	ImageVolumeDir string `toml:"image_volume_dir"`
+}
+
+// NRI modes.
+const (
+	NRIEnforce  = "enforce"
+	NRIPullOnly = "pull-only"
+)
+
 // Cache is [cache]: the decision facts cache.
 type Cache struct {
 	Size    int      `toml:"size"`
@@ -207,6 +245,7 @@ func Default() *Config {
 			ShutdownTimeout:   Duration{10 * time.Second},
 			StateDir:          "/var/lib/pullguard",
 			UpstreamNamespace: "k8s.io",
+			AdminSocket:       "/run/pullguard/admin.sock",
 		},
 		Log:      Log{Level: "info", Format: "json"},
 		Decision: Decision{Timeout: Duration{30 * time.Second}},
@@ -227,6 +266,15 @@ func Default() *Config {
 			MaxReferrers:     256,
 		},
 		Cache: Cache{Size: 10000, TTL: Duration{time.Hour}, Persist: true},
+		NRI: NRI{
+			Mode:             NRIEnforce,
+			Socket:           "/var/run/nri/nri.sock",
+			PluginName:       "pullguard",
+			PluginIndex:      "10",
+			Timeout:          Duration{time.Second},
+			ContainerdConfig: "/etc/containerd/config.toml",
+			SandboxImage:     "registry.k8s.io/pause:3.10",
+		},
 	}
 }
 
@@ -328,7 +376,7 @@ func (c *Config) sourceName() string {
 
 // fsPaths lists the settings that name files or directories on the node.
 func (c *Config) fsPaths() []*string {
-	ps := []*string{&c.Server.StateDir, &c.Policy.Dir, &c.Policy.SyncedDir, &c.Registry.HostsDir, &c.Registry.AuthFile, &c.Cache.File}
+	ps := []*string{&c.Server.StateDir, &c.Policy.Dir, &c.Policy.SyncedDir, &c.Registry.HostsDir, &c.Registry.AuthFile, &c.Cache.File, &c.NRI.ContainerdConfig}
 	for i := range c.Signers {
 		ps = append(ps, &c.Signers[i].TrustStore, &c.Signers[i].TimestampStore)
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/distribution/reference"
+
 	"github.com/pullguard/pullguard/plugin/policy"
 	"github.com/pullguard/pullguard/plugin/trust"
 )
@@ -23,6 +25,9 @@ const maxSocketPath = 107
 // signerNameRE is what notation accepts as a trust store name, and signer names become
 // trust store names.
 var signerNameRE = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
+
+// nriNameRE is what NRI accepts as a plugin name.
+var nriNameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 
 // Validate checks the config's meaning: values in range, paths absolute, the trust stores
 // present and holding certificates, signer names unique, every signer a policy names
@@ -41,6 +46,14 @@ func (c *Config) Validate() error {
 		add("[server] socket %q: must be an absolute path", s.Socket)
 	case len(s.Socket) > maxSocketPath:
 		add("[server] socket %q: %d bytes, longer than the %d a unix socket path may have", s.Socket, len(s.Socket), maxSocketPath)
+	}
+	switch {
+	case s.AdminSocket == "" || !filepath.IsAbs(s.AdminSocket):
+		add("[server] admin_socket %q: must be an absolute path", s.AdminSocket)
+	case len(s.AdminSocket) > maxSocketPath:
+		add("[server] admin_socket %q: longer than %d bytes", s.AdminSocket, maxSocketPath)
+	case filepath.Clean(s.AdminSocket) == filepath.Clean(s.Socket):
+		add("[server] admin_socket %q is the CRI socket", s.AdminSocket)
 	}
 	if m, err := parseMode(s.SocketMode); err != nil {
 		add("[server] %v", err)
@@ -88,6 +101,36 @@ func (c *Config) Validate() error {
 	checkDuration(add, "[decision] timeout", c.Decision.Timeout, 10*time.Minute)
 	if c.Policy.DefaultMode == "" || policy.ValidateMode(policy.Mode(c.Policy.DefaultMode)) != nil {
 		add("[policy] default_mode %q: want enforce or audit", c.Policy.DefaultMode)
+	}
+
+	// [nri]
+	n := c.NRI
+	switch n.Mode {
+	case NRIEnforce:
+		switch {
+		case n.Socket == "" || !filepath.IsAbs(n.Socket):
+			add("[nri] socket %q: must be an absolute path (containerd's NRI socket_path)", n.Socket)
+		case len(n.Socket) > maxSocketPath:
+			add("[nri] socket %q: longer than %d bytes", n.Socket, maxSocketPath)
+		}
+		if !nriNameRE.MatchString(n.PluginName) {
+			add("[nri] plugin_name %q: want letters, digits, '-' and '_'", n.PluginName)
+		}
+		if len(n.PluginIndex) != 2 || strings.Trim(n.PluginIndex, "0123456789") != "" {
+			add("[nri] plugin_index %q: want two digits, e.g. \"10\"", n.PluginIndex)
+		}
+		checkDuration(add, "[nri] timeout", n.Timeout, 30*time.Second)
+		if n.ImageVolumeDir != "" && !filepath.IsAbs(n.ImageVolumeDir) {
+			add("[nri] image_volume_dir %q: must be an absolute path", n.ImageVolumeDir)
+		}
+		if n.SandboxImage != "" {
+			if _, err := reference.ParseNormalizedNamed(n.SandboxImage); err != nil {
+				add("[nri] sandbox_image %q: %v", n.SandboxImage, err)
+			}
+		}
+	case NRIPullOnly:
+	default:
+		add("[nri] mode %q: want enforce or pull-only", n.Mode)
 	}
 
 	// [[signers]]

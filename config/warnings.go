@@ -16,6 +16,12 @@ func (c *Config) Warnings() []string {
 	if c.Policy.DefaultMode == string(policy.ModeAudit) {
 		out = append(out, "[policy] default_mode is audit: nothing is denied unless a policy or entry sets mode = \"enforce\"")
 	}
+	if c.NRI.Mode == NRIPullOnly {
+		out = append(out, "[nri] mode is pull-only: only pulls through pullguard are decided; images already on the node, loaded with ctr, re-tagged on the node, pulled for one namespace and started in another, image volumes and the sandbox image start UNCHECKED")
+	}
+	if c.NRI.Mode == NRIEnforce && c.NRI.ContainerdConfig == "" {
+		out = append(out, "[nri] containerd_config is empty: pullguard cannot check that containerd requires it; if containerd's default validator does not list it in required_plugins, containers start while pullguard is down")
+	}
 	if len(c.Registry.PlainHTTP) > 0 {
 		out = append(out, fmt.Sprintf("[registry] plain_http %q: these registries are reached without TLS (testing only)", c.Registry.PlainHTTP))
 	}

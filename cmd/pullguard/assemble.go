@@ -27,6 +27,8 @@ type shared struct {
 	log   *slog.Logger
 	obs   enforce.Observer
 	facts *cache.Cache[*enforce.Facts]
+	// background verifies what decisions inside containerd found missing.
+	background *enforce.Background
 }
 
 func newFactsCache(cfg *config.Config) *cache.Cache[*enforce.Facts] {
@@ -74,6 +76,7 @@ func assemble(_ context.Context, cfg *config.Config, sh shared) (*components, er
 	if sh.facts != nil {
 		opts.Facts = sh.facts
 	}
+	opts.Background = sh.background
 	if f := cfg.Registry.AuthFile; f != "" {
 		if opts.NodeCredentials, err = registry.LoadDockerConfig(f); err != nil {
 			return nil, fmt.Errorf("[registry] auth_file: %w", err)

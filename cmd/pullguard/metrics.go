@@ -71,6 +71,19 @@ func (m *metrics) watchCache(stats func() cache.Stats) {
 	)
 }
 
+// watchNRI exposes whether containerd has the NRI plugin registered.
+func (m *metrics) watchNRI(registered func() bool) {
+	m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pullguard_nri_registered",
+		Help: "1 while containerd has pullguard's NRI plugin registered; while 0 containerd refuses every container create.",
+	}, func() float64 {
+		if registered() {
+			return 1
+		}
+		return 0
+	}))
+}
+
 // upstreamError counts a failed upstream call.
 func (m *metrics) upstreamError(method string, code codes.Code) {
 	m.upstream.WithLabelValues(method, code.String()).Inc()

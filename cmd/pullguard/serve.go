@@ -17,7 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pullguard/pullguard/config"
-	"github.com/pullguard/pullguard/plugin/proxy"
+	"github.com/pullguard/pullguard/plugin/enforce"
+	"github.com/pullguard/pullguard/plugin/imageproxy"
 )
 
 const defaultConfigPath = "/etc/pullguard/config.toml"
@@ -51,7 +52,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		log.Warn("config warning", "config", *configPath, "warning", w)
 	}
 	m := newMetrics()
-	sh := shared{log: log, obs: m, facts: newFactsCache(cfg)}
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
+	sh := shared{log: log, obs: m, facts: newFactsCache(cfg), background: enforce.NewBackground(bgCtx, 4, 256, log)}
 	m.watchCache(sh.facts.Stats)
 	if f := cfg.CacheFile(); f != "" {
 		// Facts from before a restart let an offline node start images it
@@ -67,8 +70,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		log.Error("cannot start", "config", *configPath, "error", err)
 		return 2
 	}
+	if err := checkEnforcement(cfg, log); err != nil {
+		log.Error("refusing to start: enforcement would be off", "config", *configPath, "error", err)
+		return 2
+	}
 
-	srv, err := proxy.New(proxy.Options{
+	srv, err := imageproxy.New(imageproxy.Options{
 		Upstream:          cfg.Server.UpstreamPath(),
 		UpstreamNamespace: cfg.Server.UpstreamNamespace,
 		OnUpstreamError:   m.upstreamError,
@@ -76,37 +83,61 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		Logger:            log,
 	})
 	if err != nil {
-		log.Error("cannot start proxy", "error", err)
+		log.Error("cannot start the image service", "error", err)
 		return 2
 	}
-	// The gate is set before Serve: no call is ever forwarded unchecked.
-	srv.SetGate(proxy.NewEnforcer(comp.engine, srv.ImageService()))
-	l, err := proxy.Listen(cfg.Server.Socket, cfg.Server.SocketFileMode(), cfg.Server.SocketGroup)
+	// The gate is set before Serve: no pull is ever made undecided.
+	srv.SetGate(imageproxy.NewEnforcer(comp.engine))
+
+	gate, err := startNRI(bgCtx, cfg, comp, srv, log)
+	if err != nil {
+		log.Error("cannot start the NRI plugin", "error", err)
+		return 2
+	}
+	if gate != nil {
+		m.watchNRI(gate.plugin.Registered)
+	}
+
+	l, err := imageproxy.Listen(cfg.Server.Socket, cfg.Server.SocketFileMode(), cfg.Server.SocketGroup)
 	if err != nil {
 		log.Error("cannot listen", "socket", cfg.Server.Socket, "error", err)
 		return 2
 	}
 
-	var httpSrv *http.Server
+	// The admin socket is always served: the installer waits on its
+	// /readyz, and `pullguard status` reads it, without any TCP port.
+	ops := opsMux(readiness{srv: srv, nri: gate}, m)
+	adminL, err := imageproxy.Listen(cfg.Server.AdminSocket, 0o600, "")
+	if err != nil {
+		l.Close()
+		log.Error("cannot listen on the admin socket", "socket", cfg.Server.AdminSocket, "error", err)
+		return 2
+	}
+	httpSrvs := []*http.Server{startHTTP(adminL, ops, log)}
 	if cfg.Metrics.Address != "" {
-		httpSrv, err = startOpsServer(cfg.Metrics.Address, srv, m, log)
+		ml, err := net.Listen("tcp", cfg.Metrics.Address)
 		if err != nil {
 			l.Close()
-			log.Error("cannot serve health endpoints", "address", cfg.Metrics.Address, "error", err)
+			_ = httpSrvs[0].Close()
+			log.Error("cannot serve the metrics endpoint", "address", cfg.Metrics.Address, "error", err)
 			return 2
 		}
+		httpSrvs = append(httpSrvs, startHTTP(ml, ops, log))
 	}
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(l) }()
 	log.Info("pullguard serving", "socket", cfg.Server.Socket, "upstream", cfg.Server.UpstreamPath(),
-		"policy_hash", comp.engine.Policies().Hash(), "version", version)
+		"nri_mode", cfg.NRI.Mode, "policy_hash", comp.engine.Policies().Hash(), "version", version)
 
 	r := &reloader{
 		path:  *configPath,
 		build: func(c *config.Config) (*components, error) { return assemble(ctx, c, sh) },
-		swap:  func(c *components) { srv.SetGate(proxy.NewEnforcer(c.engine, srv.ImageService())) },
-		log:   log, metrics: m, running: cfg,
+		swap: func(c *components) {
+			srv.SetGate(imageproxy.NewEnforcer(c.engine))
+			gate.swap(bgCtx, c.engine)
+		},
+		log: log, metrics: m, running: cfg,
 	}
 	r.fingerprint, _ = fingerprint(cfg, *configPath)
 	var tick <-chan time.Time
@@ -134,14 +165,18 @@ loop:
 		}
 	}
 
-	// Drain in-flight calls (a pull can take a while), bounded.
+	// Drain in-flight calls (a pull can take a while), bounded. The NRI
+	// plugin goes last: until then containerd's creates are still decided,
+	// and once it is gone containerd refuses them.
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.Duration)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("shutdown did not drain in time", "error", err)
 	}
-	if httpSrv != nil {
-		_ = httpSrv.Shutdown(sctx)
+	stopBackground()
+	gate.wait()
+	for _, h := range httpSrvs {
+		_ = h.Shutdown(sctx)
 	}
 	if f := r.running.CacheFile(); f != "" {
 		if err := sh.facts.Save(f); err != nil {
@@ -167,12 +202,26 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// readiness is what /readyz asks of the proxy.
-type readiness interface {
-	UpstreamReady(ctx context.Context) error
+// readiness is what /readyz asks: containerd answers, and in enforce mode
+// containerd has pullguard's NRI plugin registered (without it every create
+// is refused, which is safe but not ready).
+type readiness struct {
+	srv *imageproxy.Server
+	nri *nriGate
 }
 
-func startOpsServer(addr string, ready readiness, m *metrics, log *slog.Logger) (*http.Server, error) {
+func (r readiness) ready(ctx context.Context) error {
+	if err := r.srv.UpstreamReady(ctx); err != nil {
+		return fmt.Errorf("containerd not ready: %w", err)
+	}
+	if r.nri != nil && !r.nri.plugin.Registered() {
+		return errors.New("pullguard's NRI plugin is not registered with containerd: every container create is refused until it is")
+	}
+	return nil
+}
+
+// opsMux serves the operations endpoints: metrics, liveness, readiness.
+func opsMux(ready readiness, m *metrics) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -181,21 +230,22 @@ func startOpsServer(addr string, ready readiness, m *metrics, log *slog.Logger) 
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if err := ready.UpstreamReady(ctx); err != nil {
-			http.Error(w, "upstream not ready: "+err.Error(), http.StatusServiceUnavailable)
+		if err := ready.ready(ctx); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	s := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return mux
+}
+
+// startHTTP serves h on l until Shutdown.
+func startHTTP(l net.Listener, h http.Handler, log *slog.Logger) *http.Server {
+	s := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := s.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("health endpoint stopped", "error", err)
+			log.Error("operations endpoint stopped", "address", l.Addr().String(), "error", err)
 		}
 	}()
-	return s, nil
+	return s
 }

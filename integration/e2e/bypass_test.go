@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -89,15 +90,29 @@ func editJSON(t *testing.T, p string, edit func(map[string]any)) {
 	}
 }
 
-// assertNoContainers checks containerd itself (crictl straight to it) has no container in pod.
-func assertNoContainers(t *testing.T, ctx context.Context, b *testbed.Bed, podID string) {
+// assertNoContainers checks containerd itself (crictl straight to it) has no container in pod
+// other than those named in except.
+func assertNoContainers(t *testing.T, ctx context.Context, b *testbed.Bed, podID string, except ...string) {
 	t.Helper()
-	r := b.Crictl.Run(ctx, "ps", "-a", "-q", "--pod", podID)
+	r := b.Crictl.Run(ctx, "ps", "-a", "--pod", podID, "-o", "json")
 	if r.Err != nil {
 		t.Fatalf("list containers: %v", r)
 	}
-	if ids := strings.TrimSpace(r.Stdout); ids != "" {
-		t.Errorf("containerd holds containers %q in pod %s after a denied create", ids, podID)
+	var list struct {
+		Containers []struct {
+			ID       string `json:"id"`
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+		} `json:"containers"`
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &list); err != nil {
+		t.Fatalf("list containers: %v: %s", err, r.Stdout)
+	}
+	for _, c := range list.Containers {
+		if !slices.Contains(except, c.Metadata.Name) {
+			t.Errorf("containerd holds container %q (%s) in pod %s after a denied create", c.Metadata.Name, c.ID, podID)
+		}
 	}
 }
 

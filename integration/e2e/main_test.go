@@ -70,7 +70,7 @@ func ownBed(t *testing.T) *testbed.Bed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := testbed.Start(ctx, testbed.Options{PullguardBin: pgBin, Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	b, err := testbed.Start(ctx, testbed.Options{NRI: true, PullguardBin: pgBin, Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatalf("start own test bed: %v", err)
 	}

@@ -21,6 +21,12 @@ type Options struct {
 	PullguardBin string
 	// Keep leaves the directory in place after Close (for debugging); env PULLGUARD_TESTBED_KEEP=1 too.
 	Keep bool
+	// NRI runs containerd with NRI and its default validator requiring pullguard, as
+	// `pullguard install` configures a node: creates are refused unless a pullguard is
+	// registered. Without it containerd has no NRI and pullguards run pull-only.
+	NRI bool
+	// NRIRequestTimeout is containerd's plugin_request_timeout (default 2s).
+	NRIRequestTimeout string
 }
 
 // Bed is one registry + containerd pair under Dir, with the pause image and a runnable busybox
@@ -106,6 +112,7 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	}
 	if b.Containerd, err = StartContainerd(ctx, tools, filepath.Join(dir, "ctd"), ContainerdOptions{
 		RegistryHost: b.Registry.Host, SandboxImage: b.Pause.Ref,
+		NoNRI: !opts.NRI, NRIRequestTimeout: opts.NRIRequestTimeout,
 	}); err != nil {
 		return nil, err
 	}

@@ -13,11 +13,12 @@ import (
 // lives under Dir except shim sockets (/run/containerd/s, removed when shims exit) and cgroups
 // (under the bed's cgroup parent, removed by the bed).
 type Containerd struct {
-	Socket string // unix socket path, CRI and containerd API
-	Dir    string
-	Config string // generated config.toml
-	tools  Tools
-	proc   *Process
+	Socket    string // unix socket path, CRI and containerd API
+	NRISocket string // NRI's socket ("" when NRI is off)
+	Dir       string
+	Config    string // generated config.toml
+	tools     Tools
+	proc      *Process
 }
 
 // ContainerdOptions configures StartContainerd.
@@ -26,11 +27,21 @@ type ContainerdOptions struct {
 	RegistryHost string
 	// SandboxImage is the pinned pause image (in the registry above).
 	SandboxImage string
+	// NoNRI leaves NRI disabled (pull-only tests, and runtimes without NRI validation).
+	NoNRI bool
+	// NRIRequestTimeout is NRI's plugin_request_timeout; default 2s (containerd's).
+	NRIRequestTimeout string
 }
+
+// NRIPlugin is the NRI plugin name the bed's containerd requires.
+const NRIPlugin = "pullguard"
 
 // StartContainerd writes a config for dir and starts containerd, returning once its CRI is ready.
 func StartContainerd(ctx context.Context, tools Tools, dir string, opts ContainerdOptions) (*Containerd, error) {
 	c := &Containerd{Socket: filepath.Join(dir, "ctd.sock"), Dir: dir, Config: filepath.Join(dir, "config.toml"), tools: tools}
+	if !opts.NoNRI {
+		c.NRISocket = filepath.Join(dir, "nri.sock")
+	}
 	if err := c.writeConfig(opts); err != nil {
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
@@ -41,7 +52,7 @@ func StartContainerd(ctx context.Context, tools Tools, dir string, opts Containe
 }
 
 func (c *Containerd) writeConfig(opts ContainerdOptions) error {
-	for _, d := range []string{"root", "state", "opt", "runc", "cni", "cdi", "tmp"} {
+	for _, d := range []string{"root", "state", "opt", "runc", "cni", "cdi", "tmp", "nri-plugins", "nri-conf"} {
 		if err := os.MkdirAll(filepath.Join(c.Dir, d), 0o711); err != nil {
 			return err
 		}
@@ -61,13 +72,36 @@ func (c *Containerd) writeConfig(opts ContainerdOptions) error {
 	// Notes on the non-defaults (see shared TESTBED.md):
 	// - restrict_oom_score_adj: runc cannot raise oom_score_adj without CAP_SYS_RESOURCE.
 	// - opt path, runc Root, netns under state, CNI/CDI dirs, temp: keep writes under Dir.
-	// - NRI off: it would listen on a socket under /var/run/nri.
+	// - NRI on with its socket under Dir, its default validator requiring pullguard (as
+	//   `pullguard install` sets it), or off for pull-only beds.
 	// - no CNI config: only host-network pods, which need none.
+	disabled := `"io.containerd.internal.v1.tracing"`
+	nri := ""
+	if opts.NoNRI {
+		disabled += `, "io.containerd.nri.v1.nri"`
+	} else {
+		timeout := opts.NRIRequestTimeout
+		if timeout == "" {
+			timeout = "2s"
+		}
+		nri = fmt.Sprintf(`
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = false
+    socket_path = %q
+    plugin_path = %q
+    plugin_config_path = %q
+    plugin_registration_timeout = "5s"
+    plugin_request_timeout = %q
+    [plugins.'io.containerd.nri.v1.nri'.default_validator]
+      enable = true
+      required_plugins = [%q]
+`, c.NRISocket, p("nri-plugins"), p("nri-conf"), timeout, NRIPlugin)
+	}
 	cfg := fmt.Sprintf(`version = 4
 root = %q
 state = %q
 temp = %q
-disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.tracing"]
+disabled_plugins = [%s]
 
 [debug]
   level = "info"
@@ -108,8 +142,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
   [plugins.'io.containerd.grpc.v1.cri']
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
-`, p("root"), p("state"), p("tmp"), c.Socket, c.Socket+".ttrpc", p("opt"),
-		opts.SandboxImage, certs, p("cdi"), p("cni"), p("cni"), c.tools.Runc, p("runc"))
+%s`, p("root"), p("state"), p("tmp"), disabled, c.Socket, c.Socket+".ttrpc", p("opt"),
+		opts.SandboxImage, certs, p("cdi"), p("cni"), p("cni"), c.tools.Runc, p("runc"), nri)
 	return os.WriteFile(c.Config, []byte(cfg), 0o644)
 }
 

@@ -58,3 +58,17 @@ func criReady(ctx context.Context, socket string) error {
 	}
 	return nil
 }
+
+// imageServiceReady succeeds when an image service answers ImageFsInfo, as kubelet checks its
+// image endpoint at start.
+func imageServiceReady(ctx context.Context, socket string) error {
+	c, err := DialCRI(socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Image.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{}); err != nil {
+		return fmt.Errorf("CRI ImageFsInfo: %w", err)
+	}
+	return nil
+}

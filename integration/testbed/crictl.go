@@ -12,22 +12,39 @@ import (
 	"time"
 )
 
-// Crictl runs crictl against one CRI socket for both services, as kubelet is configured.
+// Crictl runs crictl the way kubelet is configured: the runtime service on Endpoint and the
+// image service on ImageEndpoint (the same socket when that is empty).
 type Crictl struct {
-	Bin      string
-	Endpoint string // unix socket path
-	Config   string // an empty crictl.yaml so /etc/crictl.yaml is never read
-	Env      []string
-	Timeout  time.Duration // crictl's per-call --timeout; default 30s
+	Bin           string
+	Endpoint      string // runtime service: unix socket path
+	ImageEndpoint string // image service: unix socket path; "" = Endpoint
+	Config        string // an empty crictl.yaml so /etc/crictl.yaml is never read
+	Env           []string
+	Timeout       time.Duration // crictl's per-call --timeout; default 30s
 }
 
-// NewCrictl prepares a crictl for socket, writing its (empty) config under dir.
+// NewCrictl prepares a crictl for socket (both services), writing its (empty) config under dir.
 func NewCrictl(tools Tools, dir, socket string) (*Crictl, error) {
-	cfg := filepath.Join(dir, "crictl-"+filepath.Base(socket)+".yaml")
+	return NewSplitCrictl(tools, dir, socket, socket)
+}
+
+// NewSplitCrictl prepares a crictl whose runtime calls go to runtime and image calls to image,
+// as kubelet with imageServiceEndpoint set.
+func NewSplitCrictl(tools Tools, dir, runtime, image string) (*Crictl, error) {
+	cfg := filepath.Join(dir, "crictl-"+filepath.Base(image)+".yaml")
 	if err := os.WriteFile(cfg, []byte("debug: false\npull-image-on-create: false\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("write crictl config: %w", err)
 	}
-	return &Crictl{Bin: tools.Crictl, Endpoint: socket, Config: cfg, Env: childEnv(tools)}, nil
+	return &Crictl{Bin: tools.Crictl, Endpoint: runtime, ImageEndpoint: image, Config: cfg, Env: childEnv(tools)}, nil
+}
+
+func (c *Crictl) endpoints() (runtime, image string) {
+	runtime = "unix://" + c.Endpoint
+	image = runtime
+	if c.ImageEndpoint != "" {
+		image = "unix://" + c.ImageEndpoint
+	}
+	return runtime, image
 }
 
 // Result is one crictl invocation.
@@ -58,8 +75,8 @@ func (c *Crictl) Command(args ...string) []string {
 
 // Display is the command line as a person would type it (no config or timeout flags).
 func (c *Crictl) Display(args ...string) string {
-	ep := "unix://" + c.Endpoint
-	return strings.Join(append([]string{"crictl", "--runtime-endpoint", ep, "--image-endpoint", ep}, args...), " ")
+	rt, img := c.endpoints()
+	return strings.Join(append([]string{"crictl", "--runtime-endpoint", rt, "--image-endpoint", img}, args...), " ")
 }
 
 func (c *Crictl) fullArgs(args []string) []string {
@@ -67,8 +84,8 @@ func (c *Crictl) fullArgs(args []string) []string {
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
-	ep := "unix://" + c.Endpoint
-	return append([]string{"--config", c.Config, "--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", timeout.String()}, args...)
+	rt, img := c.endpoints()
+	return append([]string{"--config", c.Config, "--runtime-endpoint", rt, "--image-endpoint", img, "--timeout", timeout.String()}, args...)
 }
 
 // Run runs crictl with args; a non-zero exit is reported in Result.Err, not as a panic.

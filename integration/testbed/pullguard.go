@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,16 +21,28 @@ type PullguardOptions struct {
 	PolicyFiles map[string]string
 	// Env is added to pullguard's environment.
 	Env []string
+	// NRI is TOML added inside the generated [nri] table (e.g. `timeout = "50ms"`).
+	NRI string
+	// Containerd is the containerd this pullguard guards; nil = the bed's.
+	Containerd *Containerd
 }
 
-// Pullguard is a running `pullguard serve` whose upstream is the bed's containerd.
+// Pullguard is a running `pullguard serve` in front of a containerd: its image service on
+// Socket, its NRI plugin registered with containerd (unless containerd runs without NRI).
 type Pullguard struct {
-	Socket     string
-	Dir        string
-	ConfigPath string
-	PolicyDir  string
-	Crictl     *Crictl // through this pullguard
+	Socket      string
+	AdminSocket string // /readyz, /metrics, /v1/status
+	Dir         string
+	ConfigPath  string
+	PolicyDir   string
+	// Crictl is wired as kubelet is: image calls through pullguard, runtime calls straight to
+	// containerd.
+	Crictl     *Crictl
+	Containerd *Containerd
 	proc       *Process
+	bin        string
+	env        []string
+	starts     int
 }
 
 // PullguardBinary returns the pullguard binary: env PULLGUARD_BIN, else ./cmd/pullguard built
@@ -57,8 +70,22 @@ func (b *Bed) PullguardBinary(ctx context.Context) (string, error) {
 
 // PullguardConfig renders the config StartPullguard writes for a pullguard in dir.
 func (b *Bed) PullguardConfig(dir string, opts PullguardOptions) string {
+	ctd := opts.Containerd
+	if ctd == nil {
+		ctd = b.Containerd
+	}
+	nri := fmt.Sprintf("[nri]\nmode = %q\n", "pull-only")
+	if ctd.NRISocket != "" {
+		nri = fmt.Sprintf("[nri]\nsocket = %q\ncontainerd_config = %q\nsandbox_image = %q\n", ctd.NRISocket, ctd.Config, b.Pause.Ref)
+	}
+	nri += opts.NRI + "\n"
+	if ctd.NRISocket != "" {
+		// containerd runs the sandbox image for every pod, decided by the cluster policy.
+		nri += sandboxPolicy(b.Pause.Ref)
+	}
 	return fmt.Sprintf(`[server]
 socket = %q
+admin_socket = %q
 upstream = %q
 state_dir = %q
 shutdown_timeout = "5s"
@@ -73,7 +100,8 @@ plain_http = [%q]
 [policy]
 dir = %q
 
-`, filepath.Join(dir, "pg.sock"), "unix://"+b.Containerd.Socket, filepath.Join(dir, "state"), b.Registry.Host, filepath.Join(dir, "policies")) + opts.Config
+%s
+`, filepath.Join(dir, "pg.sock"), filepath.Join(dir, "admin.sock"), "unix://"+ctd.Socket, filepath.Join(dir, "state"), b.Registry.Host, filepath.Join(dir, "policies"), nri) + opts.Config
 }
 
 // StartPullguard writes a config and policy files, starts `pullguard serve` and waits until a
@@ -84,7 +112,12 @@ func (b *Bed) StartPullguard(ctx context.Context, opts PullguardOptions) (*Pullg
 		return nil, err
 	}
 	dir := filepath.Join(b.Dir, "pg"+strconv.Itoa(b.nextSeq()))
-	p := &Pullguard{Socket: filepath.Join(dir, "pg.sock"), Dir: dir, ConfigPath: filepath.Join(dir, "config.toml"), PolicyDir: filepath.Join(dir, "policies")}
+	ctd := opts.Containerd
+	if ctd == nil {
+		ctd = b.Containerd
+	}
+	p := &Pullguard{Socket: filepath.Join(dir, "pg.sock"), AdminSocket: filepath.Join(dir, "admin.sock"), Dir: dir, ConfigPath: filepath.Join(dir, "config.toml"), PolicyDir: filepath.Join(dir, "policies"),
+		Containerd: ctd, bin: bin, env: childEnv(b.Tools, opts.Env...)}
 	for _, d := range []string{p.PolicyDir, filepath.Join(dir, "state")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("start pullguard: %w", err)
@@ -98,26 +131,52 @@ func (b *Bed) StartPullguard(ctx context.Context, opts PullguardOptions) (*Pullg
 	if err := os.WriteFile(p.ConfigPath, []byte(b.PullguardConfig(dir, opts)), 0o644); err != nil {
 		return nil, fmt.Errorf("start pullguard: %w", err)
 	}
-	if p.Crictl, err = NewCrictl(b.Tools, dir, p.Socket); err != nil {
+	if p.Crictl, err = NewSplitCrictl(b.Tools, dir, ctd.Socket, p.Socket); err != nil {
 		return nil, err
 	}
-	proc, err := startProcess("pullguard", filepath.Join(dir, "pullguard.log"), childEnv(b.Tools, opts.Env...), bin, "serve", "--config", p.ConfigPath)
-	if err != nil {
-		return nil, err
-	}
-	p.proc = proc
 	b.mu.Lock()
 	b.pullguards = append(b.pullguards, p)
 	b.mu.Unlock()
+	if err := p.Start(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// registeredLine is what pullguard logs once containerd's NRI has it registered.
+const registeredLine = "registered with containerd's NRI"
+
+// Start (re)starts the pullguard process with its config and waits until its image service
+// answers through it and, with NRI, until containerd has its plugin registered.
+func (p *Pullguard) Start(ctx context.Context) error {
+	if p.proc != nil {
+		if exited, _ := p.proc.Exited(); !exited {
+			return fmt.Errorf("start pullguard: already running (pid %d)", p.proc.Pid())
+		}
+	}
+	// Each start logs to a file of its own, so "registered" is this start's.
+	p.starts++
+	logPath := filepath.Join(p.Dir, fmt.Sprintf("pullguard-%d.log", p.starts))
+	proc, err := startProcess("pullguard", logPath, p.env, p.bin, "serve", "--config", p.ConfigPath)
+	if err != nil {
+		return err
+	}
+	p.proc = proc
 	if err := waitFor(ctx, 30*time.Second, proc, "pullguard on "+p.Socket, func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		return criReady(ctx, p.Socket)
+		if err := imageServiceReady(ctx, p.Socket); err != nil {
+			return err
+		}
+		if p.Containerd.NRISocket != "" && !strings.Contains(p.Logs(), registeredLine) {
+			return errors.New("NRI plugin not registered yet")
+		}
+		return nil
 	}); err != nil {
 		_ = p.Stop()
-		return nil, fmt.Errorf("start pullguard: %w", err)
+		return fmt.Errorf("start pullguard: %w", err)
 	}
-	return p, nil
+	return nil
 }
 
 // Stop sends SIGTERM (pullguard drains and removes its socket) and waits. A data race the
@@ -155,4 +214,20 @@ func (p *Pullguard) LogLines(subs ...string) []string {
 		}
 	}
 	return out
+}
+
+// sandboxPolicy is a cluster policy admitting the bed's pause image, as a node's default policies
+// admit its sandbox image: without it no pod could start while pullguard enforces.
+func sandboxPolicy(pauseRef string) string {
+	repo := pauseRef
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo = repo[:i]
+	}
+	return fmt.Sprintf(`
+[[policies]]
+kind = "ClusterImagePolicy"
+name = "testbed-sandbox"
+  [[policies.repositories]]
+  name = %q
+`, repo)
 }
