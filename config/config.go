@@ -203,6 +203,10 @@ const (
 type Cache struct {
 	Size    int      `toml:"size"`
 	TTL     Duration `toml:"ttl"`
+	// NegativeTTL is how long "nothing verified" facts are kept (no valid signature found, no
+	// scan report attached): short, so an image signed or scanned a moment after a denial is
+	// admitted on the next try.
+	NegativeTTL Duration `toml:"negative_ttl"`
 	Persist bool     `toml:"persist"` // keep facts across restarts in File
 	File    string   `toml:"file"`    // "" = <server.state_dir>/facts.json
 }
@@ -265,7 +269,7 @@ func Default() *Config {
 			MaxSignatures:    16,
 			MaxReferrers:     256,
 		},
-		Cache: Cache{Size: 10000, TTL: Duration{time.Hour}, Persist: true},
+		Cache: Cache{Size: 10000, TTL: Duration{time.Hour}, NegativeTTL: Duration{time.Minute}, Persist: true},
 		NRI: NRI{
 			Mode:             NRIEnforce,
 			Socket:           "/var/run/nri/nri.sock",

@@ -230,6 +230,10 @@ func (c *Config) Validate() error {
 	// [cache]
 	checkBound(add, "[cache] size", int64(c.Cache.Size), 10_000_000)
 	checkDuration(add, "[cache] ttl", c.Cache.TTL, 0)
+	checkDuration(add, "[cache] negative_ttl", c.Cache.NegativeTTL, 0)
+	if c.Cache.NegativeTTL.Duration > c.Cache.TTL.Duration {
+		add("[cache] negative_ttl %s: longer than ttl %s", c.Cache.NegativeTTL.Duration, c.Cache.TTL.Duration)
+	}
 	if c.Cache.File != "" && !filepath.IsAbs(c.Cache.File) {
 		add("[cache] file %q: must be an absolute path", c.Cache.File)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/pullguard/pullguard/config"
 	"github.com/pullguard/pullguard/plugin/cache"
@@ -32,7 +33,14 @@ type shared struct {
 }
 
 func newFactsCache(cfg *config.Config) *cache.Cache[*enforce.Facts] {
-	return cache.New[*enforce.Facts](cache.Options{Size: cfg.Cache.Size, TTL: cfg.Cache.TTL.Duration})
+	negative := cfg.Cache.NegativeTTL.Duration
+	return cache.New[*enforce.Facts](cache.Options{Size: cfg.Cache.Size, TTL: cfg.Cache.TTL.Duration,
+		TTLFor: func(v any) time.Duration {
+			if f, ok := v.(*enforce.Facts); ok && f.Negative() {
+				return negative
+			}
+			return 0
+		}})
 }
 
 // assemble builds the decision engine from a validated config.

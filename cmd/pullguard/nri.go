@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -82,6 +83,15 @@ func startNRI(ctx context.Context, cfg *config.Config, comp *components, srv *im
 	if err != nil {
 		return nil, err
 	}
+	// Only the integration tests set this: a decision slower than
+	// containerd's request timeout cannot be produced otherwise.
+	var slow time.Duration
+	if v := os.Getenv("PULLGUARD_TEST_NRI_SLOWDOWN"); v != "" {
+		if slow, err = time.ParseDuration(v); err != nil {
+			return nil, fmt.Errorf("PULLGUARD_TEST_NRI_SLOWDOWN: %w", err)
+		}
+		log.Warn("NRI decisions are slowed down for a test", "by", slow.String())
+	}
 	volDir := cfg.NRI.ImageVolumeDir
 	if volDir == "" {
 		volDir = imageVolumeDir(ctx, srv, log)
@@ -94,6 +104,7 @@ func startNRI(ctx context.Context, cfg *config.Config, comp *components, srv *im
 		ImageVolumeDir: volDir,
 		Logger:         log,
 		Sandboxes:      sandbox,
+		SlowDown:       slow,
 	})
 	g := &nriGate{plugin: plugin, sandbox: sandbox, images: images, done: make(chan struct{})}
 	go func() {

@@ -9,10 +9,10 @@ import (
 
 // TestCreateContainerChecksPreloadedImage: an image that reached containerd without pullguard
 // (pre-loaded, or pulled for a laxer namespace) is checked again when a container is created
-// from it, so `imagePullPolicy: IfNotPresent` is no bypass.
+// from it, inside containerd, so `imagePullPolicy: IfNotPresent` is no bypass.
 func TestCreateContainerChecksPreloadedImage(t *testing.T) {
 	t.Parallel()
-	b := sharedBed(t)
+	b := ownBed(t)
 	ctx := testCtx(t)
 	runnable, err := testbed.RunnableImage(b.Tools.Busybox, "preloaded")
 	if err != nil {
@@ -38,7 +38,7 @@ func TestCreateContainerChecksPreloadedImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := c.Run(ctx, "create", podID, denied, pod)
+	r := createDecided(t, ctx, b, podID, denied, pod)
 	if r.Err == nil || !strings.Contains(r.Output(), denialPrefix) {
 		t.Fatalf("creating a container from a pre-loaded image the namespace does not admit: want a %q denial: %v", denialPrefix, r)
 	}
@@ -53,7 +53,7 @@ func TestCreateContainerChecksPreloadedImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := c.Run(ctx, "create", podID, admitted, pod); r.Err != nil {
+	if r := createDecided(t, ctx, b, podID, admitted, pod); r.Err != nil {
 		t.Fatalf("creating a container from an admitted image: %v", r)
 	}
 }

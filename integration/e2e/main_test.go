@@ -60,8 +60,16 @@ func sharedBed(t *testing.T) *testbed.Bed {
 	return shared.bed
 }
 
-// ownBed starts a bed for one test (for tests that stop or restart containerd).
+// ownBed starts a bed for one test whose containerd has NRI requiring pullguard: for tests that
+// create containers (every registered pullguard validates every create of its containerd) or
+// stop or restart containerd.
 func ownBed(t *testing.T) *testbed.Bed {
+	t.Helper()
+	return ownBedWith(t, testbed.Options{})
+}
+
+// ownBedWith is ownBed with options (NRI is always on).
+func ownBedWith(t *testing.T, opts testbed.Options) *testbed.Bed {
 	t.Helper()
 	sb := sharedBed(t) // same skip/fail rules
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -70,7 +78,9 @@ func ownBed(t *testing.T) *testbed.Bed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := testbed.Start(ctx, testbed.Options{NRI: true, PullguardBin: pgBin, Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	opts.NRI, opts.PullguardBin = true, pgBin
+	opts.Logger = slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b, err := testbed.Start(ctx, opts)
 	if err != nil {
 		t.Fatalf("start own test bed: %v", err)
 	}

@@ -2,11 +2,18 @@ package e2e
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pullguard/pullguard/integration/testbed"
+	"github.com/pullguard/pullguard/plugin/trust/trusttest"
 )
 
 // The gate inside containerd: every create is decided by pullguard's NRI plugin, which
@@ -17,6 +24,9 @@ import (
 func createIn(ctx context.Context, b *testbed.Bed, podID, ctrCfg, podCfg string) testbed.Result {
 	return b.Crictl.Run(ctx, "create", podID, ctrCfg, podCfg)
 }
+
+// said is crictl's output with the gRPC message's quotes as sent (crictl escapes them).
+func said(r testbed.Result) string { return strings.ReplaceAll(r.Output(), `\"`, `"`) }
 
 // assertRan checks that the container ctrID ran the content marked marker.
 func assertRan(t *testing.T, ctx context.Context, b *testbed.Bed, ctrID, marker string) {
@@ -62,7 +72,7 @@ func TestNRISignedRunsUnsignedRefused(t *testing.T) {
 	var last testbed.Result
 	if !waitUntil(ctx, func() bool {
 		last = createIn(ctx, b, podID, cfg, podCfg)
-		return last.Err != nil && strings.Contains(last.Output(), "found no signature")
+		return last.Err != nil && strings.Contains(said(last), "found no signature")
 	}) {
 		t.Fatalf("the retry never said why: %v", last)
 	}
@@ -81,9 +91,13 @@ func TestNRIFailsClosedWhilePullguardIsDown(t *testing.T) {
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	r := createIn(ctx, b, podID, containerConfig(t, b, "while-down", b.Busybox.Ref), podCfg)
-	if r.Err == nil || !strings.Contains(r.Output(), `required plugin "pullguard" not present`) {
-		t.Fatalf("create while pullguard is down: want containerd's refusal: %v", r)
+	// containerd notices the plugin is gone at the first call it makes to it ("ttrpc: closed");
+	// from then on its default validator refuses for want of a required plugin.
+	for i, want := range []string{"", `required plugin "pullguard" not present`} {
+		r := createIn(ctx, b, podID, containerConfig(t, b, fmt.Sprintf("while-down-%d", i), b.Busybox.Ref), podCfg)
+		if r.Err == nil || !strings.Contains(said(r), want) {
+			t.Fatalf("create %d while pullguard is down: want containerd's refusal %q: %v", i, want, r)
+		}
 	}
 	assertNoContainers(t, ctx, b, podID)
 	start := time.Now()
@@ -93,5 +107,205 @@ func TestNRIFailsClosedWhilePullguardIsDown(t *testing.T) {
 	t.Logf("pullguard back and registered in %s", time.Since(start).Round(time.Millisecond))
 	if r := createIn(ctx, b, podID, containerConfig(t, b, "after", b.Busybox.Ref), podCfg); r.Err != nil {
 		t.Fatalf("create once pullguard is back (containerd not restarted): %v", r)
+	}
+}
+
+// createDecided creates a container straight on containerd and returns the result once
+// pullguard has decided: an image pullguard has not verified yet is refused with "has not
+// verified" while it is verified in the background, and kubelet's retry is decided on what was
+// found. Retries are bounded by ctx.
+func createDecided(t *testing.T, ctx context.Context, b *testbed.Bed, podID, ctrCfg, podCfg string) testbed.Result {
+	t.Helper()
+	var r testbed.Result
+	if !waitUntil(ctx, func() bool {
+		r = createIn(ctx, b, podID, ctrCfg, podCfg)
+		return r.Err == nil || !strings.Contains(said(r), "has not verified")
+	}) {
+		t.Fatalf("pullguard never decided the create: %v", r)
+	}
+	return r
+}
+
+// TestBypassClientStringsIgnored: whatever strings the CRI request carries (the pod's
+// user_specified_image, a short image ID, a sandbox config claiming another namespace), the
+// decision is made on what containerd runs, in the namespace containerd's sandbox store holds.
+func TestBypassClientStringsIgnored(t *testing.T) {
+	t.Parallel()
+	b := ownBed(t)
+	ctx := testCtx(t)
+	k := newSigningKit(t)
+	host := b.Registry.Host
+	signed := pushRunnable(t, b, "strings/good:v1")
+	sign(t, signed, k.releaseLeaf, trusttest.JWS, nil)
+	evil := pushRunnable(t, b, "strings/evil:v1")
+	pg := startPullguard(t, b, testbed.PullguardOptions{Config: k.configTOML() +
+		policyTOML("strict", "strings-strict", entry{name: host + "/strings/*", trust: true, signers: []string{"release"}}) +
+		policyTOML("system", "kube-system", entry{name: "*"}) +
+		// Short IDs look like Docker Hub names to a parser: a lax rule there must not admit them.
+		policyTOML("hub", "strings-strict-hub", entry{name: "docker.io/library/*"})})
+	if r := pullIn(t, ctx, b, pg, "strings-strict", "s", signed.Ref); r.Err != nil {
+		t.Fatalf("pull of the signed image: %v", r)
+	}
+	if r := pullIn(t, ctx, b, pg, "kube-system", "s", evil.Ref); r.Err != nil {
+		t.Fatalf("pull of the other image for kube-system: %v", r)
+	}
+	pod, podCfg := runPod(t, ctx, b, pg, "s", "strings-strict")
+	shortID := strings.TrimPrefix(evil.ID, "sha256:")[:12]
+	claimsSystem, err := b.WritePodConfig(testbed.PodConfig{Name: "s", Namespace: "kube-system"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, cfg, podCfg string
+	}{
+		{"user_specified_image names the signed digest", kubeletContainerConfig(t, b, "spec", evil.Ref, signed.Pinned()), podCfg},
+		{"short image id with prefix", containerConfig(t, b, "short1", "sha256:"+shortID), podCfg},
+		{"short image id", containerConfig(t, b, "short2", shortID), podCfg},
+		{"sandbox config claims kube-system", containerConfig(t, b, "claim", evil.Ref), claimsSystem},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := createDecided(t, ctx, b, pod, tc.cfg, tc.podCfg)
+			assertDenial(t, r, denialPrefix, `for namespace "strings-strict"`, evil.ID, "found no signature")
+		})
+	}
+	assertNoContainers(t, ctx, b, pod)
+	if r := createDecided(t, ctx, b, pod, containerConfig(t, b, "good", signed.Ref), podCfg); r.Err != nil {
+		t.Errorf("the signed image in the same pod (control): %v", r)
+	}
+}
+
+// TestBypassSandboxImage: containerd pulls and runs the sandbox (pause) image itself, and never
+// asks NRI to validate a sandbox. pullguard decides it ahead of time under the cluster policy and
+// refuses new sandboxes while it is denied.
+func TestBypassSandboxImage(t *testing.T) {
+	t.Parallel()
+	b := ownBed(t)
+	ctx := testCtx(t)
+	k := newSigningKit(t)
+	pauseRepo := strings.TrimSuffix(b.Pause.Ref, ":1")
+	pg := startPullguard(t, b, testbed.PullguardOptions{NoSandboxPolicy: true, Config: k.configTOML() +
+		"[cache]\nnegative_ttl = \"1s\"\n" +
+		policyTOML("cluster", "", entry{name: pauseRepo, trust: true, signers: []string{"release"}}) +
+		policyTOML("ns", "sandbox-ns", entry{name: b.Registry.Host + "/testbed/*"})})
+	podCfg := podConfig(t, b, "sb", "sandbox-ns")
+	var r testbed.Result
+	if !waitUntil(ctx, func() bool {
+		r = pg.Crictl.Run(ctx, "runp", podCfg)
+		return r.Err != nil && !strings.Contains(said(r), "has not decided")
+	}) {
+		t.Fatalf("runp with an unsigned sandbox image: want a refusal: %v", r)
+	}
+	assertDenial(t, r, "pod sandbox refused", "sandbox image", "found no signature", b.Pause.Digest)
+	if out := b.Crictl.Run(ctx, "pods", "-q", "--state", "ready").Stdout; strings.TrimSpace(out) != "" {
+		t.Errorf("a sandbox is running after the refusal: %q", out)
+	}
+	// Signed now; pullguard is told its inputs changed (as a policy or trust store edit does).
+	sign(t, b.Pause, k.releaseLeaf, trusttest.JWS, nil)
+	if err := pg.Process().Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if !waitUntil(ctx, func() bool {
+		r = pg.Crictl.Run(ctx, "runp", podCfg)
+		return r.Err == nil
+	}) {
+		t.Fatalf("runp once the sandbox image is signed: %v", r)
+	}
+	b.Crictl.Run(ctx, "rmp", "-f", strings.TrimSpace(r.Stdout))
+}
+
+// TestNRIAnswerPastTheDeadlineRefuses: an answer containerd does not get within its
+// plugin_request_timeout fails the create (and containerd drops the plugin, which re-registers
+// by itself); an answer pullguard cannot give within its own [nri] timeout refuses the create
+// too, without getting the plugin dropped.
+func TestNRIAnswerPastTheDeadlineRefuses(t *testing.T) {
+	t.Parallel()
+	t.Run("containerd's timeout", func(t *testing.T) {
+		t.Parallel()
+		b := ownBed(t)
+		ctx := testCtx(t)
+		// A decision slower than containerd's 2s plugin_request_timeout, under an answer deadline
+		// of pullguard's own that is not (containerd_config is left empty: pullguard would
+		// otherwise refuse to start with such a deadline).
+		pg := startPullguard(t, b, testbed.PullguardOptions{Config: lifecyclePolicy(b, "late").Config,
+			NRI: "containerd_config = \"\"\ntimeout = \"10s\"", Env: []string{"PULLGUARD_TEST_NRI_SLOWDOWN=3s"}})
+		podID, podCfg := runPod(t, ctx, b, pg, "p", "late")
+		if r := pg.Crictl.Run(ctx, "pull", "--pod-config", podCfg, b.Busybox.Ref); r.Err != nil {
+			t.Fatal(r)
+		}
+		r := createIn(ctx, b, podID, containerConfig(t, b, "late", b.Busybox.Ref), podCfg)
+		if r.Err == nil || !strings.Contains(said(r), "10-pullguard") {
+			t.Fatalf("create whose validation outlives containerd's timeout: want containerd's refusal naming the plugin: %v", r)
+		}
+		t.Logf("containerd said: %s", said(r))
+		assertNoContainers(t, ctx, b, podID)
+		if !waitUntil(ctx, func() bool { return strings.Count(pg.Logs(), registeredLine) >= 2 }) {
+			t.Errorf("pullguard did not re-register after containerd dropped it:\n%s", lastBytes(pg.Logs(), 3000))
+		}
+	})
+	t.Run("pullguard's own deadline", func(t *testing.T) {
+		t.Parallel()
+		b := ownBed(t)
+		ctx := testCtx(t)
+		pg := startPullguard(t, b, testbed.PullguardOptions{Config: lifecyclePolicy(b, "slow").Config,
+			NRI: `timeout = "300ms"`, Env: []string{"PULLGUARD_TEST_NRI_SLOWDOWN=1s"}})
+		podID, podCfg := runPod(t, ctx, b, pg, "p", "slow")
+		if r := pg.Crictl.Run(ctx, "pull", "--pod-config", podCfg, b.Busybox.Ref); r.Err != nil {
+			t.Fatal(r)
+		}
+		r := createIn(ctx, b, podID, containerConfig(t, b, "slow", b.Busybox.Ref), podCfg)
+		assertDenial(t, r, denialPrefix, "could not decide", "within 300ms")
+		assertNoContainers(t, ctx, b, podID)
+		if strings.Count(pg.Logs(), registeredLine) != 1 {
+			t.Errorf("the plugin was dropped: pullguard's own deadline should answer in time")
+		}
+	})
+}
+
+// registeredLine is what pullguard logs once containerd's NRI has it registered.
+const registeredLine = "registered with containerd's NRI"
+
+// TestServeRefusesWhenContainerdDoesNotRequireIt: enforcement must never be silently off. With
+// containerd's NRI disabled (the shared bed's containerd), or its default validator not
+// requiring pullguard, `pullguard serve` in enforce mode refuses to start and says why.
+func TestServeRefusesWhenContainerdDoesNotRequireIt(t *testing.T) {
+	t.Parallel()
+	b := sharedBed(t)
+	ctx := testCtx(t)
+	bin, err := b.PullguardBinary(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	noValidator := filepath.Join(dir, "containerd-no-validator.toml")
+	if err := os.WriteFile(noValidator, []byte("version = 3\n[plugins.'io.containerd.nri.v1.nri']\n  disable = false\n  socket_path = \"/tmp/x/nri.sock\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, containerdConfig, want string }{
+		{"NRI disabled", b.Containerd.Config, "NRI is disabled in containerd"},
+		{"validator off", noValidator, "default validator is off"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := b.PullguardConfig(dir, testbed.PullguardOptions{})
+			cfg = strings.Replace(cfg, `mode = "pull-only"`, fmt.Sprintf("mode = \"enforce\"\nsocket = \"/tmp/x/nri.sock\"\ncontainerd_config = %q", tc.containerdConfig), 1)
+			cfgPath := filepath.Join(dir, "config.toml")
+			if err := os.MkdirAll(filepath.Join(dir, "policies"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(cctx, bin, "serve", "--config", cfgPath).CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("serve: want exit 2, got %v:\n%s", err, out)
+			}
+			for _, want := range []string{"refusing to start: enforcement would be off", tc.want, "pull-only"} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("serve's refusal lacks %q:\n%s", want, out)
+				}
+			}
+		})
 	}
 }

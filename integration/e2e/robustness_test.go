@@ -35,7 +35,6 @@ func TestMalformedAndOversizeInputs(t *testing.T) {
 	}
 	defer conn.Close()
 	images := runtimeapi.NewImageServiceClient(conn)
-	runtime := runtimeapi.NewRuntimeServiceClient(conn)
 	sandbox := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "h", Namespace: "team-h", Uid: "h"}}
 
 	alive := func(when string) {
@@ -45,7 +44,7 @@ func TestMalformedAndOversizeInputs(t *testing.T) {
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		if _, err := runtime.Version(cctx, &runtimeapi.VersionRequest{}); err != nil {
+		if _, err := images.ImageFsInfo(cctx, &runtimeapi.ImageFsInfoRequest{}); err != nil {
 			t.Fatalf("pullguard stopped answering %s: %v", when, err)
 		}
 	}

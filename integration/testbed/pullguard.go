@@ -25,6 +25,8 @@ type PullguardOptions struct {
 	NRI string
 	// Containerd is the containerd this pullguard guards; nil = the bed's.
 	Containerd *Containerd
+	// NoSandboxPolicy leaves out the cluster policy that admits the bed's pause image.
+	NoSandboxPolicy bool
 }
 
 // Pullguard is a running `pullguard serve` in front of a containerd: its image service on
@@ -74,12 +76,19 @@ func (b *Bed) PullguardConfig(dir string, opts PullguardOptions) string {
 	if ctd == nil {
 		ctd = b.Containerd
 	}
-	nri := fmt.Sprintf("[nri]\nmode = %q\n", "pull-only")
+	// The generated [nri] keys, unless opts.NRI sets them itself.
+	keys := [][2]string{{"mode", `"pull-only"`}}
 	if ctd.NRISocket != "" {
-		nri = fmt.Sprintf("[nri]\nsocket = %q\ncontainerd_config = %q\nsandbox_image = %q\n", ctd.NRISocket, ctd.Config, b.Pause.Ref)
+		keys = [][2]string{{"socket", fmt.Sprintf("%q", ctd.NRISocket)}, {"containerd_config", fmt.Sprintf("%q", ctd.Config)}, {"sandbox_image", fmt.Sprintf("%q", b.Pause.Ref)}}
+	}
+	nri := "[nri]\n"
+	for _, kv := range keys {
+		if !setsKey(opts.NRI, kv[0]) {
+			nri += kv[0] + " = " + kv[1] + "\n"
+		}
 	}
 	nri += opts.NRI + "\n"
-	if ctd.NRISocket != "" {
+	if ctd.NRISocket != "" && !opts.NoSandboxPolicy {
 		// containerd runs the sandbox image for every pod, decided by the cluster policy.
 		nri += sandboxPolicy(b.Pause.Ref)
 	}
@@ -230,4 +239,14 @@ name = "testbed-sandbox"
   [[policies.repositories]]
   name = %q
 `, repo)
+}
+
+// setsKey reports whether TOML lines set key.
+func setsKey(toml, key string) bool {
+	for _, l := range strings.Split(toml, "\n") {
+		if k, _, ok := strings.Cut(l, "="); ok && strings.TrimSpace(k) == key {
+			return true
+		}
+	}
+	return false
 }

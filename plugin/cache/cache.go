@@ -20,7 +20,10 @@ import (
 type Options struct {
 	Size int           // entries kept; <= 0 means 10000
 	TTL  time.Duration // how long an entry is trusted; <= 0 means 1h
-	Now  func() time.Time
+	// TTLFor, if set, gives a value its own lifetime (<= 0: TTL), e.g. a
+	// shorter one for "nothing found", which the next minute may change.
+	TTLFor func(v any) time.Duration
+	Now    func() time.Time
 }
 
 // Stats are counters for metrics.
@@ -99,11 +102,21 @@ func (c *Cache[V]) getLocked(key string) (V, bool) {
 	return e.Value, true
 }
 
-// Put stores v under key for the TTL.
+// Put stores v under key for its TTL.
 func (c *Cache[V]) Put(key string, v V) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.putLocked(&entry[V]{Key: key, Value: v, Expires: c.opts.Now().Add(c.opts.TTL)})
+	c.putLocked(&entry[V]{Key: key, Value: v, Expires: c.expiry(v)})
+}
+
+func (c *Cache[V]) expiry(v V) time.Time {
+	ttl := c.opts.TTL
+	if c.opts.TTLFor != nil {
+		if t := c.opts.TTLFor(v); t > 0 {
+			ttl = t
+		}
+	}
+	return c.opts.Now().Add(ttl)
 }
 
 func (c *Cache[V]) putLocked(e *entry[V]) {
@@ -176,7 +189,7 @@ func (c *Cache[V]) run(ctx context.Context, key string, cl *call[V], fn func(con
 		c.mu.Lock()
 		delete(c.inflight, key)
 		if cl.err == nil {
-			c.putLocked(&entry[V]{Key: key, Value: cl.val, Expires: c.opts.Now().Add(c.opts.TTL)})
+			c.putLocked(&entry[V]{Key: key, Value: cl.val, Expires: c.expiry(cl.val)})
 		}
 		c.mu.Unlock()
 	}()

@@ -65,6 +65,9 @@ func (e *Engine) DecideNode(ctx context.Context, req NodeRequest) *Decision {
 		d := e.decide(ctx, one)
 		if d.NotVerified {
 			pending = append(pending, one)
+			if why := e.opts.Background.lastFailure(backgroundKey(one)); why != "" {
+				d.Reason += "; the last attempt failed: " + why
+			}
 		}
 		if best == nil || rank(d) > rank(best) {
 			best = d
@@ -142,8 +145,8 @@ func (e *Engine) verifyLater(req Request) {
 	if bg == nil {
 		return
 	}
+	key := backgroundKey(req)
 	req.Op, req.CachedOnly = OpVerify, false
-	key := req.Namespace + "\x00" + req.Image + "\x00" + req.Digest
 	bg.Go(key, func(ctx context.Context) {
 		start := e.opts.Now()
 		ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
@@ -151,7 +154,26 @@ func (e *Engine) verifyLater(req Request) {
 		d := e.decide(ctx, req)
 		d.Latency = e.opts.Now().Sub(start)
 		e.audit(ctx, d)
+		// A verification that could not establish the facts (the registry
+		// unreachable, the content not found there) leaves nothing in the
+		// cache: its reason is kept for the next decision to show.
+		why := ""
+		if d.Denied() && (d.Category == RegistryUnavailable || !e.factsKnown(req)) {
+			why = d.Reason
+		}
+		bg.setFailure(key, why)
 	})
+}
+
+func backgroundKey(req Request) string {
+	return req.Namespace + "\x00" + req.Image + "\x00" + req.Digest
+}
+
+// factsKnown reports whether a decision from cached facts can now be made
+// for req.
+func (e *Engine) factsKnown(req Request) bool {
+	req.CachedOnly = true
+	return !e.decide(context.Background(), req).NotVerified
 }
 
 // Background runs verifications that decisions from cached facts found
@@ -164,7 +186,10 @@ type Background struct {
 	ctx  context.Context
 	mu   sync.Mutex
 	busy map[string]struct{}
-	wg   sync.WaitGroup
+	// failed holds why the last verification of a key established nothing,
+	// at most max entries.
+	failed map[string]string
+	wg     sync.WaitGroup
 }
 
 // NewBackground runs at most workers verifications at once and keeps at most
@@ -180,7 +205,33 @@ func NewBackground(ctx context.Context, workers, queue int, log *slog.Logger) *B
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Background{log: log, sem: make(chan struct{}, workers), max: queue, ctx: ctx, busy: map[string]struct{}{}}
+	return &Background{log: log, sem: make(chan struct{}, workers), max: queue, ctx: ctx, busy: map[string]struct{}{}, failed: map[string]string{}}
+}
+
+func (b *Background) setFailure(key, why string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if why == "" {
+		delete(b.failed, key)
+		return
+	}
+	if _, ok := b.failed[key]; !ok && len(b.failed) >= b.max {
+		for k := range b.failed { // any one: a bound, not an order
+			delete(b.failed, k)
+			break
+		}
+	}
+	b.failed[key] = why
+}
+
+// lastFailure is why the last verification of key established nothing, "".
+func (b *Background) lastFailure(key string) string {
+	if b == nil {
+		return ""
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.failed[key]
 }
 
 // Go runs fn for key unless a run for key is queued or running.

@@ -41,6 +41,13 @@ type Facts struct {
 	NoReportKind string `json:"no_report_kind,omitempty"`
 }
 
+// Negative reports whether the facts say nothing was found to vouch for the
+// content (no valid signature from any signer, no usable scan report): what
+// a signing or scanning pipeline may change a moment later.
+func (f *Facts) Negative() bool {
+	return (f.Trust != nil && len(f.Trust.VerifiedSigners) == 0) || f.NoReport != ""
+}
+
 // FactsCache keeps facts by content (digest and trust material, never a
 // tag) and coalesces identical verifications in flight. A nil cache
 // verifies every time.

@@ -77,6 +77,9 @@ type Options struct {
 	// Sandboxes and Tracker are optional.
 	Sandboxes Sandboxes
 	Tracker   Tracker
+	// SlowDown delays every container decision (tests only: it is how the
+	// tests make a decision outlive containerd's timeout on demand).
+	SlowDown time.Duration
 }
 
 // Plugin is the NRI validator. Run keeps it registered.
@@ -265,7 +268,15 @@ func (p *Plugin) validate(ctx context.Context, pod *api.PodSandbox, ctr *api.Con
 	ctx, cancel := context.WithTimeout(ctx, p.opts.Deadline)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- p.decide(ctx, pod, ctr, adj) }()
+	go func() {
+		if p.opts.SlowDown > 0 {
+			select {
+			case <-time.After(p.opts.SlowDown):
+			case <-ctx.Done():
+			}
+		}
+		done <- p.decide(ctx, pod, ctr, adj)
+	}()
 	select {
 	case err := <-done:
 		return err

@@ -2,7 +2,6 @@ package nri
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -49,8 +48,14 @@ type SandboxGate struct {
 
 	mu       sync.Mutex
 	verdicts map[string]*enforce.Decision // by target digest
+	at       time.Time                    // when they were made
 	running  bool
 }
+
+// sandboxRetry is how soon a denied sandbox image is decided again when a
+// pod asks: a newly signed or scanned image is admitted without waiting for
+// the periodic decision.
+const sandboxRetry = 30 * time.Second
 
 type sandboxBox struct{ d SandboxDecider }
 
@@ -118,6 +123,9 @@ func (g *SandboxGate) AdmitSandbox(ctx context.Context) error {
 			return fmt.Errorf("SignatureValidationFailed: pullguard has not decided the sandbox image %s (%s) yet; it is deciding it now, and a retry is decided on the result", g.name, t)
 		}
 		if d.Denied() {
+			if time.Since(g.at) > sandboxRetry {
+				g.refreshLocked(context.WithoutCancel(ctx))
+			}
 			return fmt.Errorf("pod sandbox refused: the sandbox image is not admitted by the cluster policy: %s", d.Message())
 		}
 	}
@@ -140,7 +148,7 @@ func (g *SandboxGate) refreshLocked(ctx context.Context) {
 	go func() {
 		verdicts := g.decideAll(ctx)
 		g.mu.Lock()
-		g.verdicts = verdicts
+		g.verdicts, g.at = verdicts, time.Now()
 		g.running = false
 		g.mu.Unlock()
 	}()
@@ -150,7 +158,7 @@ func (g *SandboxGate) refreshLocked(ctx context.Context) {
 func (g *SandboxGate) Decide(ctx context.Context) {
 	v := g.decideAll(ctx)
 	g.mu.Lock()
-	g.verdicts = v
+	g.verdicts, g.at = v, time.Now()
 	g.mu.Unlock()
 }
 
@@ -190,9 +198,6 @@ func (g *SandboxGate) decideAll(ctx context.Context) map[string]*enforce.Decisio
 	}
 	return out
 }
-
-// ErrNoSandboxImage is returned by Verdict when no sandbox image is known.
-var ErrNoSandboxImage = errors.New("no sandbox image on the node")
 
 // Verdicts returns the current decisions, by target digest (status, tests).
 func (g *SandboxGate) Verdicts() map[string]*enforce.Decision {
