@@ -65,7 +65,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 // checkCredentials returns the credentials lookup for check's flags.
-func checkCredentials(username string, passwordStdin bool, dockerConfig string, stdin io.Reader) (func(string) *registry.Credentials, error) {
+func checkCredentials(username string, passwordStdin bool, dockerConfig string, stdin io.Reader) (registry.CredentialFunc, error) {
 	switch {
 	case username != "" && dockerConfig != "":
 		return nil, errors.New("--username and --docker-config are exclusive")
@@ -79,7 +79,7 @@ func checkCredentials(username string, passwordStdin bool, dockerConfig string, 
 			password = strings.TrimRight(line, "\r\n")
 		}
 		c := &registry.Credentials{Username: username, Password: password}
-		return func(string) *registry.Credentials { return c }, nil
+		return func(string, string) *registry.Credentials { return c }, nil
 	case passwordStdin:
 		return nil, errors.New("--password-stdin needs --username")
 	case dockerConfig != "":

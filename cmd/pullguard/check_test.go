@@ -13,7 +13,7 @@ func TestCheckCredentialsFromFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := creds("registry.example.com")
+	c := creds("registry.example.com", "app")
 	if c == nil || c.Username != "alice" || c.Password != "s3cret" {
 		t.Fatalf("credentials %#v", c)
 	}
@@ -30,7 +30,7 @@ func TestCheckCredentialsFromFlags(t *testing.T) {
 func TestCheckCredentialsFromDockerConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "config.json")
 	auth := base64.StdEncoding.EncodeToString([]byte("bob:pa:ss"))
-	doc := `{"auths":{"https://index.docker.io/v1/":{"auth":"` + auth + `"},"127.0.0.1:5000":{"username":"u","password":"p"}}}`
+	doc := `{"auths":{"https://index.docker.io/v1/":{"auth":"` + auth + `"},"127.0.0.1:5000":{"username":"u","password":"p"},"127.0.0.1:5000/team-a":{"username":"a","password":"pa"}}}`
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -38,13 +38,16 @@ func TestCheckCredentialsFromDockerConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := creds("docker.io"); c == nil || c.Username != "bob" || c.Password != "pa:ss" {
+	if c := creds("docker.io", "library/nginx"); c == nil || c.Username != "bob" || c.Password != "pa:ss" {
 		t.Fatalf("docker.io credentials %#v", c)
 	}
-	if c := creds("127.0.0.1:5000"); c == nil || c.Username != "u" {
+	if c := creds("127.0.0.1:5000", "team-b/app"); c == nil || c.Username != "u" {
 		t.Fatalf("loopback registry credentials %#v", c)
 	}
-	if c := creds("other.example.com"); c != nil {
+	if c := creds("127.0.0.1:5000", "team-a/app"); c == nil || c.Username != "a" {
+		t.Fatalf("team-a's credentials on the loopback registry %#v", c)
+	}
+	if c := creds("other.example.com", "app"); c != nil {
 		t.Fatalf("credentials for a host not in the file: %#v", c)
 	}
 

@@ -185,13 +185,13 @@ func (b *Bundle) WriteToHost(root hoststate.Root, upstream string) (bool, error)
 		for signer, pem := range b.Truststores {
 			files[signer+"/"+signer+".pem"] = pem
 		}
-		c, err := writeTree(root.Path(hoststate.TruststorePath), files)
+		c, err := hoststate.SwapDir(root.Path(hoststate.TruststorePath), files)
 		if err != nil {
 			return false, fmt.Errorf("install trust stores: %w", err)
 		}
 		changed = changed || c
 	}
-	c, err := writeTree(root.Path(hoststate.PoliciesPath), b.Policies)
+	c, err := hoststate.SwapDir(root.Path(hoststate.PoliciesPath), b.Policies)
 	if err != nil {
 		return false, fmt.Errorf("install policies: %w", err)
 	}
@@ -219,66 +219,4 @@ func (b *Bundle) managesTruststores(root hoststate.Root) bool {
 	}
 	fi, err := os.Lstat(root.Path(hoststate.TruststorePath))
 	return !(err == nil && fi.IsDir())
-}
-
-// writeTree makes link a symlink to a sibling directory holding exactly
-// files (relative path -> content). The directory is named after the
-// content, so an unchanged tree is detected without rewriting it, and a
-// change is one atomic rename of the link.
-func writeTree(link string, files map[string][]byte) (bool, error) {
-	parent, base := filepath.Split(link)
-	prefix := "." + base + "-"
-	h := sha256.New()
-	for _, name := range sortedKeys(files) {
-		fmt.Fprintf(h, "%q %d\n", name, len(files[name]))
-		h.Write(files[name])
-	}
-	target := prefix + hex.EncodeToString(h.Sum(nil))[:16]
-	if cur, err := os.Readlink(link); err == nil && cur == target {
-		if _, err := os.Stat(filepath.Join(parent, target)); err == nil {
-			return false, nil
-		}
-	}
-	dir := filepath.Join(parent, target)
-	if err := os.RemoveAll(dir); err != nil {
-		return false, fmt.Errorf("clear %s: %w", dir, err)
-	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		return false, fmt.Errorf("create %s: %w", dir, err)
-	}
-	for _, name := range sortedKeys(files) {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return false, fmt.Errorf("create %s: %w", filepath.Dir(p), err)
-		}
-		if err := os.WriteFile(p, files[name], 0o644); err != nil {
-			return false, fmt.Errorf("write %s: %w", name, err)
-		}
-	}
-	// A real directory at the link's place (written by hand or by an older
-	// installer) cannot be replaced by rename; move it aside once.
-	previous := prefix + "previous"
-	if fi, err := os.Lstat(link); err == nil && fi.IsDir() {
-		_ = os.RemoveAll(filepath.Join(parent, previous))
-		if err := os.Rename(link, filepath.Join(parent, previous)); err != nil {
-			return false, fmt.Errorf("move aside %s: %w", link, err)
-		}
-	}
-	tmp := link + ".tmp"
-	_ = os.Remove(tmp)
-	if err := os.Symlink(target, tmp); err != nil {
-		return false, fmt.Errorf("link %s: %w", link, err)
-	}
-	if err := os.Rename(tmp, link); err != nil {
-		return false, fmt.Errorf("swap %s: %w", link, err)
-	}
-	// Old snapshots are garbage now; failing to delete them is harmless.
-	if entries, err := os.ReadDir(parent); err == nil {
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), prefix) && e.Name() != target && e.Name() != previous {
-				_ = os.RemoveAll(filepath.Join(parent, e.Name()))
-			}
-		}
-	}
-	return true, nil
 }

@@ -139,17 +139,24 @@ func WriteFileAtomic(path string, data []byte, mode fs.FileMode) error {
 		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
 	}
 	ok = true
-	syncDir(dir)
+	// The new content is in place either way; a failed sync only leaves
+	// the rename less durable, which a caller could do nothing about.
+	_ = SyncDir(dir)
 	return nil
 }
 
-// syncDir makes a rename durable; failure only weakens durability, so it is
-// not reported.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
+// SyncDir makes a directory's entries (creations, renames, removals)
+// durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
 }
 
 // ReadBounded reads a whole file, refusing files larger than limit.

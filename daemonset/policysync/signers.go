@@ -14,6 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+
+	"github.com/pullguard/pullguard/daemonset/hoststate"
 )
 
 // SignerSecrets makes the seed's signerSecrets work: for every signer name a policy object
@@ -118,7 +120,7 @@ func (a *Agent) syncSigners(ctx context.Context, names map[string]bool) {
 			a.log.ErrorContext(ctx, "signer Secret REJECTED; its trust store on the node stays as it is", "secret", ss.Namespace+"/"+name, "error", err.Error())
 			continue
 		}
-		changed, err := swapDir(filepath.Join(ss.Dir, name), files)
+		changed, err := hoststate.SwapDir(filepath.Join(ss.Dir, name), files)
 		if err != nil {
 			a.log.ErrorContext(ctx, "writing a signer trust store failed", "signer", name, "error", err.Error())
 			delete(a.signerFetched, name)

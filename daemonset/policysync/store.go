@@ -2,8 +2,6 @@ package policysync
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -110,8 +108,8 @@ func (s Store) Write(files map[Key][]byte) (bool, error) {
 		if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, buf.Bytes()) {
 			continue
 		}
-		if err := writeAtomic(path, buf.Bytes()); err != nil {
-			return changed, err
+		if err := hoststate.WriteFileAtomic(path, buf.Bytes(), 0o644); err != nil {
+			return changed, fmt.Errorf("write synced policy: %w", err)
 		}
 		changed = true
 	}
@@ -129,7 +127,7 @@ func (s Store) Write(files map[Key][]byte) (bool, error) {
 		}
 	}
 	if changed {
-		if err := syncDir(s.Dir); err != nil {
+		if err := hoststate.SyncDir(s.Dir); err != nil {
 			return changed, err
 		}
 	}
@@ -137,118 +135,4 @@ func (s Store) Write(files map[Key][]byte) (bool, error) {
 		return changed, fmt.Errorf("write synced policies: %s", strings.Join(errs, "; "))
 	}
 	return changed, nil
-}
-
-// writeAtomic writes data to a temporary file beside path, syncs it and renames it over path.
-// The temporary name starts with '.', which policy.LoadDir skips.
-func writeAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
-
-// swapDir makes files (name -> content) the content of link, a symlink to a complete sibling
-// directory ".<base>-<hash>", swapped with one rename (used for signer trust stores, which
-// notation reads as a directory).
-func swapDir(link string, files map[string][]byte) (bool, error) {
-	parent := filepath.Dir(link)
-	prefix := "." + filepath.Base(link) + "-"
-	names := make([]string, 0, len(files))
-	for n := range files {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	h := sha256.New()
-	for _, n := range names {
-		fmt.Fprintf(h, "%q %d\n", n, len(files[n]))
-		h.Write(files[n])
-	}
-	target := prefix + hex.EncodeToString(h.Sum(nil))[:16]
-	if cur, err := os.Readlink(link); err == nil && cur == target {
-		if _, err := os.Stat(filepath.Join(parent, target)); err == nil {
-			return false, nil
-		}
-	}
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return false, fmt.Errorf("create %s: %w", parent, err)
-	}
-	dir := filepath.Join(parent, target)
-	if err := os.RemoveAll(dir); err != nil {
-		return false, fmt.Errorf("clear %s: %w", dir, err)
-	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		return false, fmt.Errorf("create %s: %w", dir, err)
-	}
-	for _, n := range names {
-		if err := writeAtomic(filepath.Join(dir, n), files[n]); err != nil {
-			_ = os.RemoveAll(dir)
-			return false, err
-		}
-	}
-	if err := syncDir(dir); err != nil {
-		_ = os.RemoveAll(dir)
-		return false, err
-	}
-	// A real directory where the link belongs (made by hand) cannot be replaced by a rename;
-	// it is moved aside once, not deleted: it may hold someone's work.
-	if fi, err := os.Lstat(link); err == nil && fi.IsDir() {
-		if err := os.Rename(link, filepath.Join(parent, prefix+"previous")); err != nil {
-			return false, fmt.Errorf("move aside %s: %w", link, err)
-		}
-	}
-	tmp := link + ".tmp"
-	_ = os.Remove(tmp)
-	if err := os.Symlink(target, tmp); err != nil {
-		return false, fmt.Errorf("link %s: %w", link, err)
-	}
-	if err := os.Rename(tmp, link); err != nil {
-		return false, fmt.Errorf("swap %s: %w", link, err)
-	}
-	// The old directory is deleted next; the swap must be on disk first.
-	if err := syncDir(parent); err != nil {
-		return true, err
-	}
-	entries, err := os.ReadDir(parent)
-	if err == nil {
-		for _, e := range entries {
-			n := e.Name()
-			if strings.HasPrefix(n, prefix) && n != target && n != prefix+"previous" {
-				_ = os.RemoveAll(filepath.Join(parent, n))
-			}
-		}
-	}
-	return true, nil
-}
-
-// syncDir makes a directory's entries (renames, removals) durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pullguard/pullguard/daemonset/hoststate"
 	"github.com/pullguard/pullguard/plugin/policy"
 )
 
@@ -117,8 +118,8 @@ func TestSwapDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, content := range []string{"one", "two"} {
-		if changed, err := swapDir(link, map[string][]byte{"ca.crt": []byte(content)}); err != nil || !changed {
-			t.Fatalf("swapDir(%s) = %v, %v", content, changed, err)
+		if changed, err := hoststate.SwapDir(link, map[string][]byte{"ca.crt": []byte(content)}); err != nil || !changed {
+			t.Fatalf("SwapDir(%s) = %v, %v", content, changed, err)
 		}
 		if b, err := os.ReadFile(filepath.Join(link, "ca.crt")); err != nil || string(b) != content {
 			t.Fatalf("read back %q, %v", b, err)

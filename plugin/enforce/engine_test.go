@@ -145,7 +145,7 @@ func TestAuditLogLineHasFieldsAndNoCredentials(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, nil))
 	e := New(mustSet(t, cluster(policy.Rule{Name: "*"})), Options{Logger: log})
-	creds := func(string) *registry.Credentials {
+	creds := func(string, string) *registry.Credentials {
 		return &registry.Credentials{Username: "alice", Password: "s3cret-pass", RegistryToken: "tok-123"}
 	}
 	e.Decide(context.Background(), Request{Op: OpPull, Namespace: "team-a", Image: "nginx", Credentials: creds})

@@ -115,11 +115,11 @@ func (e *Engine) credentials(req Request) registry.CredentialFunc {
 	case req.Credentials == nil:
 		return e.opts.NodeCredentials
 	}
-	return func(host string) *registry.Credentials {
-		if c := req.Credentials(host); c != nil {
+	return func(host, repository string) *registry.Credentials {
+		if c := req.Credentials(host, repository); c != nil {
 			return c
 		}
-		return e.opts.NodeCredentials(host)
+		return e.opts.NodeCredentials(host, repository)
 	}
 }
 

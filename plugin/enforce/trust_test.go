@@ -327,8 +327,8 @@ func TestCreateUsesNodeCredentialsForPrivateRegistries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node := func(host string) *registry.Credentials {
-		if host == srv.Host {
+	node := func(host, repository string) *registry.Credentials {
+		if host == srv.Host && repository == "private/app" {
 			return &registry.Credentials{Username: "node", Password: "node-secret"}
 		}
 		return nil
@@ -345,7 +345,9 @@ func TestCreateUsesNodeCredentialsForPrivateRegistries(t *testing.T) {
 	}
 	// The request's own credentials come first: wrong ones are not papered
 	// over by the node's.
-	req.Credentials = func(string) *registry.Credentials { return &registry.Credentials{Username: "node", Password: "wrong"} }
+	req.Credentials = func(string, string) *registry.Credentials {
+		return &registry.Credentials{Username: "node", Password: "wrong"}
+	}
 	if d := with.Decide(context.Background(), req); !d.Denied() {
 		t.Fatal("wrong request credentials admitted thanks to the node's")
 	}

@@ -348,8 +348,8 @@ func TestCredentialsAskedPerEndpointHost(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var asked []string
-			repo, err := c.RepositoryWith(context.Background(), ref, func(host string) *registry.Credentials {
-				asked = append(asked, host)
+			repo, err := c.RepositoryWith(context.Background(), ref, func(host, repository string) *registry.Credentials {
+				asked = append(asked, host+" "+repository)
 				if host == tt.forHost {
 					return &registry.Credentials{Username: "alice", Password: "s3cret"}
 				}
@@ -362,8 +362,8 @@ func TestCredentialsAskedPerEndpointHost(t *testing.T) {
 			if tt.wantErr == nil && (err != nil || got.Digest != img.Digest) || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
 				t.Fatalf("resolve = %v, %v; want %v", got.Digest, err, tt.wantErr)
 			}
-			if len(asked) != 1 || asked[0] != srv.Host {
-				t.Fatalf("credentials asked for %v, want [%s]", asked, srv.Host)
+			if len(asked) != 1 || asked[0] != srv.Host+" private" {
+				t.Fatalf("credentials asked for %v, want [%s private]", asked, srv.Host)
 			}
 		})
 	}

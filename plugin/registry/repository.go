@@ -31,16 +31,19 @@ type repoEndpoint struct {
 }
 
 // CredentialFunc returns the credentials to present to one registry host
-// (nil: anonymous). Like containerd, a Repository asks once per endpoint it
-// may contact, with the endpoint's host (a mirror's host, or
-// "registry-1.docker.io" for docker.io).
-type CredentialFunc func(host string) *Credentials
+// for one repository on it (nil: anonymous). Like containerd, a Repository
+// asks once per endpoint it may contact, with the endpoint's host (a
+// mirror's host, or "registry-1.docker.io" for docker.io) and the
+// repository's path ("library/nginx"): a docker config.json may hold
+// different credentials for two repositories of one host, while a CRI
+// AuthConfig is for the whole host.
+type CredentialFunc func(host, repository string) *Credentials
 
 // Repository prepares access to the repository of ref (its tag or digest is
 // ignored). creds may be nil (anonymous); they are sent to every endpoint of
 // the repository, as containerd does for credentials without a server address.
 func (c *Client) Repository(ctx context.Context, ref reference.Named, creds *Credentials) (*Repository, error) {
-	return c.RepositoryWith(ctx, ref, func(string) *Credentials { return creds })
+	return c.RepositoryWith(ctx, ref, func(string, string) *Credentials { return creds })
 }
 
 // RepositoryWith is Repository asking creds (which may be nil) for each
@@ -66,7 +69,7 @@ func (c *Client) RepositoryWith(ctx context.Context, ref reference.Named, creds 
 		var cred auth.Credential
 		var epCreds *Credentials
 		if creds != nil {
-			epCreds = creds(ep.Host)
+			epCreds = creds(ep.Host, reference.Path(ref))
 		}
 		if !epCreds.empty() {
 			cred = auth.Credential{Username: epCreds.Username, Password: epCreds.Password, RefreshToken: epCreds.IdentityToken, AccessToken: epCreds.RegistryToken}

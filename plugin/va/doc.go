@@ -11,7 +11,7 @@
 // # Reports
 //
 // Reports are untrusted input. ParseReport (and ParseSARIF, ParseTrivyJSON,
-// ParseCycloneDX) never panic, copy only bounded, control-character-free
+// ParseCycloneDX, ParseGrypeJSON) never panic, copy only bounded, control-character-free
 // strings out of the input, and return an error for anything malformed; the
 // caller denies on error. The caller bounds the input size. Every report
 // normalises to Report: scanner name and version, the scan time when the
@@ -28,6 +28,9 @@
 //     referrer plugin attaches as application/json.
 //   - CycloneDX JSON with a vulnerabilities array
 //     (application/vnd.cyclonedx+json); a plain SBOM is not a report.
+//   - grype's own JSON (`grype -o json`) as
+//     application/vnd.anchore.grype+json, or as application/json recognised
+//     by its matches and descriptor; see grype.go for severity and fix.
 //
 // Package vatest writes reports shaped like the scanners' for tests.
 //

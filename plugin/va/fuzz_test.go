@@ -1,6 +1,7 @@
 package va_test
 
 import (
+	"os"
 	"testing"
 	"time"
 	"unicode"
@@ -108,12 +109,30 @@ func FuzzCycloneDX(f *testing.F) {
 	})
 }
 
+func FuzzGrypeJSON(f *testing.F) {
+	for _, s := range seedScans() {
+		f.Add(vatest.GrypeJSON(s))
+	}
+	if data, err := os.ReadFile("testdata/grype-debian12.json"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte(`{"matches":[{"vulnerability":{"id":"CVE-1","severity":"Unknown","fix":{"versions":["","\u0000"],"state":"fixed"}},"relatedVulnerabilities":[{"cvss":[{"metrics":{"baseScore":-1}}]}]}],"descriptor":{"name":"grype"}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := va.ParseGrypeJSON(data)
+		if err == nil {
+			checkReport(t, r)
+		}
+	})
+}
+
 func FuzzParseReport(f *testing.F) {
 	for _, s := range seedScans() {
 		f.Add(va.MediaTypeJSON, vatest.TrivySARIF(s))
 		f.Add(va.MediaTypeJSON, vatest.CosignVuln(s))
 		f.Add(va.MediaTypeJSON, vatest.CycloneDX(s))
 		f.Add(va.MediaTypeTrivyJSON, vatest.TrivyJSON(s))
+		f.Add(va.MediaTypeJSON, vatest.GrypeJSON(s))
+		f.Add(va.MediaTypeGrypeJSON, vatest.GrypeJSON(s))
 	}
 	f.Add("application/JSON;charset=utf-8", []byte(`{"runs":[],"$schema":"x"}`))
 	f.Fuzz(func(t *testing.T, mediaType string, data []byte) {

@@ -25,11 +25,18 @@ const (
 	MediaTypeJSON = "application/json"
 	// CycloneDX; accepted only when the document has a vulnerabilities array.
 	MediaTypeCycloneDX = "application/vnd.cyclonedx+json"
+	// grype's own JSON report (`grype -o json`). grype registers no media
+	// type for it; this is the vendor-tree name it is attached under, after
+	// syft's application/vnd.anchore.syft+json. Attached as plain
+	// application/json it is recognised by its content (matches and
+	// descriptor at the top, descriptor.name "grype"). No other spelling is
+	// guessed at: an artifact type nobody agreed on is not a report.
+	MediaTypeGrypeJSON = "application/vnd.anchore.grype+json"
 )
 
 // ReportMediaTypes lists the artifact types a referrers query should ask for.
 func ReportMediaTypes() []string {
-	return []string{MediaTypeSARIF, MediaTypeTrivySARIF, mediaTypeTrivySARIFBare, MediaTypeTrivyJSON, MediaTypeJSON, MediaTypeCycloneDX}
+	return []string{MediaTypeSARIF, MediaTypeTrivySARIF, mediaTypeTrivySARIFBare, MediaTypeTrivyJSON, MediaTypeJSON, MediaTypeCycloneDX, MediaTypeGrypeJSON}
 }
 
 // IsReportMediaType reports whether an artifact of this type may hold a scan report.
@@ -60,6 +67,8 @@ func formatForMediaType(mediaType string) (Format, bool) {
 		return FormatTrivyJSON, true
 	case MediaTypeCycloneDX:
 		return FormatCycloneDX, true
+	case MediaTypeGrypeJSON:
+		return FormatGrypeJSON, true
 	case MediaTypeJSON:
 		return "", true
 	}
@@ -68,7 +77,7 @@ func formatForMediaType(mediaType string) (Format, bool) {
 
 // ParseReport parses report content attached under mediaType. Generic JSON
 // is sniffed: a SARIF log, a Trivy report (bare or in a cosign vulnerability
-// predicate) or a CycloneDX document with vulnerabilities. The caller bounds
+// predicate), a CycloneDX document with vulnerabilities or a grype report. The caller bounds
 // len(data); any error means the report cannot be trusted to say anything.
 func ParseReport(mediaType string, data []byte) (*Report, error) {
 	format, ok := formatForMediaType(mediaType)
@@ -88,6 +97,8 @@ func ParseReport(mediaType string, data []byte) (*Report, error) {
 		return ParseTrivyJSON(data)
 	case FormatCycloneDX:
 		return ParseCycloneDX(data)
+	case FormatGrypeJSON:
+		return ParseGrypeJSON(data)
 	}
 	return nil, ErrUnknownFormat
 }
@@ -108,6 +119,8 @@ func SniffFormat(data []byte) (Format, error) {
 		return FormatTrivyJSON, nil // cosign vulnerability predicate
 	case has("bomFormat"):
 		return FormatCycloneDX, nil
+	case has("matches") && has("descriptor"):
+		return FormatGrypeJSON, nil
 	}
 	return "", ErrUnknownFormat
 }

@@ -66,6 +66,8 @@ func TestParseScannerOutputs(t *testing.T) {
 		{"sarif sniffed", "application/json; charset=utf-8", vatest.TrivySARIF(s), va.FormatSARIF, "Trivy 0.58.1", scanTime, true, va.SeverityUnknown},
 		{"cosign vuln sniffed", va.MediaTypeJSON, vatest.CosignVuln(s), va.FormatTrivyJSON, "Trivy 0.58.1", scanTime, true, va.SeverityUnknown},
 		{"cyclonedx", va.MediaTypeCycloneDX, vatest.CycloneDX(s), va.FormatCycloneDX, "trivy 0.58.1", scanTime, false, va.SeverityUnknown},
+		{"grype json", va.MediaTypeGrypeJSON, vatest.GrypeJSON(s), va.FormatGrypeJSON, "grype 0.58.1", scanTime, true, va.SeverityUnknown},
+		{"grype json sniffed", va.MediaTypeJSON, vatest.GrypeJSON(s), va.FormatGrypeJSON, "grype 0.58.1", scanTime, true, va.SeverityUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ const (
 	FormatSARIF     Format = "sarif"
 	FormatTrivyJSON Format = "trivy-json"
 	FormatCycloneDX Format = "cyclonedx"
+	FormatGrypeJSON Format = "grype-json"
 )
 
 // FixState says what a report told us about a fix. It is three-valued because

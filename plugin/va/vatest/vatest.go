@@ -319,3 +319,111 @@ func CycloneDX(s Scan) []byte {
 		"vulnerabilities": vulns,
 	})
 }
+
+// GrypeJSON renders the scan the way `grype -o json` does: one match per
+// vulnerability and package, the distribution's record as the match's
+// vulnerability and NVD's as its related one, the scan time in the
+// descriptor.
+func GrypeJSON(s Scan) []byte {
+	matches := []any{}
+	for _, v := range s.Vulns {
+		sev := "Unknown"
+		if v.Severity != "" {
+			sev = strings.ToUpper(v.Severity[:1]) + strings.ToLower(v.Severity[1:])
+		}
+		fix := map[string]any{"versions": []string{}, "state": "not-fixed"}
+		if v.Fixed != "" {
+			fix = map[string]any{"versions": []string{v.Fixed}, "state": "fixed", "available": []any{map[string]any{"version": v.Fixed, "date": "2024-06-01", "kind": "first-observed"}}}
+		}
+		constraint := "< " + v.Fixed + " (deb)"
+		if v.Fixed == "" {
+			constraint = "none (deb)"
+		}
+		nvdCVSS := []any{}
+		if v.Score > 0 {
+			nvdCVSS = append(nvdCVSS, map[string]any{
+				"source":         "nvd@nist.gov",
+				"type":           "Primary",
+				"version":        "3.1",
+				"vector":         "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+				"metrics":        map[string]any{"baseScore": v.Score, "exploitabilityScore": 3.9, "impactScore": 5.9},
+				"vendorMetadata": map[string]any{},
+			})
+		}
+		purl := "pkg:deb/debian/" + v.Package + "@" + v.Installed + "?arch=amd64&distro=debian-12"
+		matches = append(matches, map[string]any{
+			"vulnerability": map[string]any{
+				"id":          v.ID,
+				"dataSource":  "https://security-tracker.debian.org/tracker/" + v.ID,
+				"namespace":   "debian:distro:debian:12",
+				"severity":    sev,
+				"urls":        []string{},
+				"description": "A flaw was found in " + v.Package + ".",
+				"cvss":        []any{},
+				"fix":         fix,
+				"advisories":  []any{},
+				"risk":        0.5,
+			},
+			"relatedVulnerabilities": []any{map[string]any{
+				"id":          v.ID,
+				"dataSource":  "https://nvd.nist.gov/vuln/detail/" + v.ID,
+				"namespace":   "nvd:cpe",
+				"severity":    sev,
+				"urls":        []string{},
+				"description": "A flaw was found in " + v.Package + ".",
+				"cvss":        nvdCVSS,
+			}},
+			"matchDetails": []any{map[string]any{
+				"type":    "exact-direct-match",
+				"matcher": "dpkg-matcher",
+				"searchedBy": map[string]any{
+					"distro":    map[string]any{"type": "debian", "version": "12"},
+					"namespace": "debian:distro:debian:12",
+					"package":   map[string]any{"name": v.Package, "version": v.Installed},
+				},
+				"found": map[string]any{"versionConstraint": constraint, "vulnerabilityID": v.ID},
+			}},
+			"artifact": map[string]any{
+				"id":        "0123456789abcdef",
+				"name":      v.Package,
+				"version":   v.Installed,
+				"type":      "deb",
+				"locations": []any{map[string]any{"path": "/var/lib/dpkg/status", "layerID": "sha256:0000000000000000000000000000000000000000000000000000000000000000"}},
+				"language":  "",
+				"licenses":  []string{},
+				"cpes":      []string{"cpe:2.3:a:" + v.Package + ":" + v.Package + ":" + v.Installed + ":*:*:*:*:*:*:*"},
+				"purl":      purl,
+				"upstreams": []any{},
+			},
+		})
+	}
+	descriptor := map[string]any{
+		"name":          "grype",
+		"version":       s.ScannerVersion,
+		"configuration": map[string]any{"output": []string{"json"}, "only-fixed": false},
+		"db": map[string]any{
+			"status": map[string]any{"schemaVersion": "v6.0.2", "from": "https://grype.anchore.io/databases/v6/vulnerability-db_v6.0.2.tar.zst", "built": "2026-11-19T04:12:33Z", "path": "/root/.cache/grype/db/6/vulnerability.db", "valid": true},
+		},
+	}
+	if !s.Created.IsZero() {
+		descriptor["timestamp"] = s.Created.UTC().Format(time.RFC3339Nano)
+	}
+	return mustJSON(map[string]any{
+		"matches": matches,
+		"source": map[string]any{
+			"type": "image",
+			"target": map[string]any{
+				"userInput":      s.Image,
+				"imageID":        "sha256:2222222222222222222222222222222222222222222222222222222222222222",
+				"manifestDigest": "sha256:3333333333333333333333333333333333333333333333333333333333333333",
+				"mediaType":      "application/vnd.oci.image.manifest.v1+json",
+				"tags":           []string{},
+				"repoDigests":    []string{s.Image},
+				"architecture":   "amd64",
+				"os":             "linux",
+			},
+		},
+		"distro":     map[string]any{"name": "debian", "version": "12", "idLike": []string{"debian"}},
+		"descriptor": descriptor,
+	})
+}
