@@ -179,6 +179,29 @@ func (c *Cache[V]) Do(ctx context.Context, key string, fn func(ctx context.Conte
 	}
 }
 
+// Refresh computes the value for key with fn even when one is cached, and
+// stores it on success; on error the cached value, if any, stays. A
+// computation for key already in flight is joined instead.
+func (c *Cache[V]) Refresh(ctx context.Context, key string, fn func(ctx context.Context) (V, error)) (V, error) {
+	c.mu.Lock()
+	cl, running := c.inflight[key]
+	if running {
+		c.stats.Coalesced++
+	} else {
+		cl = &call[V]{done: make(chan struct{})}
+		c.inflight[key] = cl
+		go c.run(context.WithoutCancel(ctx), key, cl, fn)
+	}
+	c.mu.Unlock()
+	select {
+	case <-cl.done:
+		return cl.val, cl.err
+	case <-ctx.Done():
+		var zero V
+		return zero, ctx.Err()
+	}
+}
+
 func (c *Cache[V]) run(ctx context.Context, key string, cl *call[V], fn func(context.Context) (V, error)) {
 	defer close(cl.done)
 	defer func() {

@@ -46,6 +46,8 @@ const (
 	// OpVerify fetches and verifies what a decision from cached facts
 	// found missing, in the background.
 	OpVerify Operation = "verify"
+	// OpRunning re-decides a container that is already running.
+	OpRunning Operation = "running"
 )
 
 // Request is what the proxy (or `pullguard check`) asks about.
@@ -63,6 +65,10 @@ type Request struct {
 	// a fact not known yet denies with NotVerified set. Decisions made
 	// inside containerd's container creation must never wait on a registry.
 	CachedOnly bool
+	// Fresh establishes the facts again from the registry even when they
+	// are cached (the periodic re-check of running images). When that
+	// fails, the cached facts stay.
+	Fresh bool
 	// Credentials returns the registry credentials sent with the request for
 	// a registry host (nil when none apply). They are used for this decision
 	// only, never cached and never logged.

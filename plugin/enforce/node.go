@@ -31,6 +31,11 @@ type NodeRequest struct {
 	// CachedOnly decides from established facts only (inside containerd's
 	// container creation); missing facts are verified in the background.
 	CachedOnly bool
+	// Fresh establishes the facts again from the registry.
+	Fresh bool
+	// Quiet writes no audit line and tells no observer: the caller reports
+	// what changed (re-decisions of running containers).
+	Quiet bool
 }
 
 // maxNodeRefs bounds the names one image is decided under.
@@ -61,7 +66,7 @@ func (e *Engine) DecideNode(ctx context.Context, req NodeRequest) *Decision {
 			break
 		}
 		tried++
-		one := Request{Op: req.Op, Namespace: req.Namespace, Image: name, Digest: r.Digest, ImageID: req.Image.ID, CachedOnly: req.CachedOnly}
+		one := Request{Op: req.Op, Namespace: req.Namespace, Image: name, Digest: r.Digest, ImageID: req.Image.ID, CachedOnly: req.CachedOnly, Fresh: req.Fresh}
 		d := e.decide(ctx, one)
 		if d.NotVerified {
 			pending = append(pending, one)
@@ -90,6 +95,9 @@ func (e *Engine) DecideNode(ctx context.Context, req NodeRequest) *Decision {
 		}
 	}
 	best.Latency = e.opts.Now().Sub(start)
+	if req.Quiet {
+		return best
+	}
 	e.audit(ctx, best)
 	if e.opts.Observer != nil {
 		e.opts.Observer.ObserveDecision(best)

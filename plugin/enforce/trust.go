@@ -39,13 +39,32 @@ type Facts struct {
 	NoReport string `json:"no_report,omitempty"`
 	// NoReportKind is the va error class behind NoReport.
 	NoReportKind string `json:"no_report_kind,omitempty"`
+	// Absent records that the registry answered it does not hold the
+	// content in the repository (an image loaded or re-tagged on the node):
+	// nothing there can vouch for it.
+	Absent string `json:"absent,omitempty"`
 }
 
 // Negative reports whether the facts say nothing was found to vouch for the
 // content (no valid signature from any signer, no usable scan report): what
 // a signing or scanning pipeline may change a moment later.
 func (f *Facts) Negative() bool {
-	return (f.Trust != nil && len(f.Trust.VerifiedSigners) == 0) || f.NoReport != ""
+	return (f.Trust != nil && len(f.Trust.VerifiedSigners) == 0) || f.NoReport != "" || f.Absent != ""
+}
+
+// absent turns the registry's "not found" for the subject into a fact, and
+// passes any other error on.
+func absent(s *subject, err error) (*Facts, error) {
+	if errors.Is(err, registry.ErrNotFound) {
+		return &Facts{Absent: fmt.Sprintf("the registry does not hold %s@%s", s.repo, s.desc.Digest)}, nil
+	}
+	return nil, err
+}
+
+// absentFailure is the denial for content its registry does not hold.
+func absentFailure(f *Facts) *failure {
+	return &failure{category: SignatureValidationFailed, reason: f.Absent +
+		": it was loaded or re-tagged on this node, so nothing can vouch for it; pull it from its registry (imagePullPolicy: Always)"}
 }
 
 // FactsCache keeps facts by content (digest and trust material, never a
@@ -55,6 +74,8 @@ type FactsCache interface {
 	Do(ctx context.Context, key string, fn func(ctx context.Context) (*Facts, error)) (*Facts, bool, error)
 	// Get returns the live facts under key without computing them.
 	Get(key string) (*Facts, bool)
+	// Refresh computes the facts again and stores them on success.
+	Refresh(ctx context.Context, key string, fn func(ctx context.Context) (*Facts, error)) (*Facts, error)
 }
 
 // subject is the resolved image every check looks at.
@@ -67,6 +88,8 @@ type subject struct {
 	src *registry.Repository
 	// lazy: only desc.Digest is known (create time); complete fetches the rest.
 	lazy bool
+	// fresh: establish the facts again, whatever is cached.
+	fresh bool
 }
 
 // resolve pins the image to a digest once per decision, so that trust and VA
@@ -88,7 +111,7 @@ func (e *Engine) resolve(ctx context.Context, req Request, name reference.Named)
 	if err != nil {
 		return nil, registryFailure(fmt.Sprintf("open repository %s", reference.TrimNamed(name)), err)
 	}
-	s := &subject{name: name, repo: reference.TrimNamed(name), src: src}
+	s := &subject{name: name, repo: reference.TrimNamed(name), src: src, fresh: req.Fresh}
 	if req.Digest != "" {
 		// Create time: the content on the node is what must be checked,
 		// whatever the tag points at now. Its full descriptor is fetched
@@ -150,7 +173,7 @@ func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, 
 	}
 	verify := func(ctx context.Context) (*Facts, error) {
 		if err := e.complete(ctx, s); err != nil {
-			return nil, err
+			return absent(s, err)
 		}
 		f, err := e.opts.Trust.VerifyFrom(ctx, s.src, s.repo, s.desc)
 		if err != nil {
@@ -164,6 +187,9 @@ func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, 
 	got, err, f := e.facts(ctx, s, key, verify)
 	if f != nil {
 		return f
+	}
+	if err == nil && got.Absent != "" {
+		return absentFailure(got)
 	}
 	if err == nil && got.Trust == nil {
 		err = errors.New("cached facts hold no signature facts")
@@ -220,6 +246,10 @@ func (e *Engine) facts(ctx context.Context, s *subject, key string, fn func(ctx 
 	}
 	if e.opts.Facts == nil {
 		got, err := fn(ctx)
+		return got, err, nil
+	}
+	if s.fresh {
+		got, err := e.opts.Facts.Refresh(ctx, key, fn)
 		return got, err, nil
 	}
 	got, _, err := e.opts.Facts.Do(ctx, key, fn)

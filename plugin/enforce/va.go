@@ -93,7 +93,7 @@ func (e *Engine) checkVA(ctx context.Context, req Request, s *subject, rule poli
 	}
 	find := func(ctx context.Context) (*Facts, error) {
 		if err := e.complete(ctx, s); err != nil {
-			return nil, err
+			return absent(s, err)
 		}
 		att, err := e.opts.Reports.Report(ctx, va.Query{
 			Image:         va.Image{Name: s.name, Subject: s.desc, Registry: s.src},
@@ -113,6 +113,9 @@ func (e *Engine) checkVA(ctx context.Context, req Request, s *subject, rule poli
 	facts, err, f := e.facts(ctx, s, key, find)
 	if f != nil {
 		return f
+	}
+	if err == nil && facts.Absent != "" {
+		return absentFailure(facts)
 	}
 	if err == nil && facts.Report == nil && facts.NoReport == "" {
 		err = errors.New("cached facts hold no scan report facts")

@@ -84,11 +84,13 @@ func sandboxNamespace(sc *runtimeapi.PodSandboxConfig) string {
 
 // credentialsFromCRI maps kubelet's auth the way containerd does, for the
 // host actually contacted: credentials for another server are not sent.
-func credentialsFromCRI(a *runtimeapi.AuthConfig) func(host string) *registry.Credentials {
+// kubelet already chose them for this image's repository, and containerd
+// sends them to every repository of the host, so the repository is ignored.
+func credentialsFromCRI(a *runtimeapi.AuthConfig) registry.CredentialFunc {
 	if a == nil {
 		return nil
 	}
-	return func(host string) *registry.Credentials {
+	return func(host, _ string) *registry.Credentials {
 		return registry.CredentialsFromCRI(host, a.GetUsername(), a.GetPassword(), a.GetAuth(),
 			a.GetServerAddress(), a.GetIdentityToken(), a.GetRegistryToken())
 	}

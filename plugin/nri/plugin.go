@@ -57,6 +57,7 @@ type Sandboxes interface {
 type Tracker interface {
 	Synchronized(pods []*api.PodSandbox, containers []*api.Container)
 	Started(pod *api.PodSandbox, ctr *api.Container)
+	Stopped(ctr *api.Container)
 	Removed(ctr *api.Container)
 }
 
@@ -241,12 +242,20 @@ func (h *handler) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error 
 	return nil
 }
 
-// PostStartContainer and RemoveContainer keep the tracker's view current.
+// PostStartContainer, StopContainer and RemoveContainer keep the tracker's
+// view of running containers current; they answer at once.
 func (h *handler) PostStartContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
 	if t := h.p.opts.Tracker; t != nil {
 		t.Started(pod, ctr)
 	}
 	return nil
+}
+
+func (h *handler) StopContainer(_ context.Context, _ *api.PodSandbox, ctr *api.Container) ([]*api.ContainerUpdate, error) {
+	if t := h.p.opts.Tracker; t != nil {
+		t.Stopped(ctr)
+	}
+	return nil, nil
 }
 
 func (h *handler) RemoveContainer(_ context.Context, _ *api.PodSandbox, ctr *api.Container) error {
