@@ -34,8 +34,8 @@ type Running string
 const (
 	// RunningReport reports it: an audit log line, a metric and an Event.
 	RunningReport Running = "report"
-	// RunningEvict evicts its pod through the Kubernetes Eviction API once the image has been
-	// refused for the rule's EvictAfter.
+	// RunningEvict evicts the container's pod through the Kubernetes Eviction API, the
+	// rule's EvictAfter after the image stopped being admitted.
 	RunningEvict Running = "evict"
 )
 

@@ -25,9 +25,9 @@ const (
 // MaxPolicyFileBytes bounds one policy file (and ParseYAML's input).
 const MaxPolicyFileBytes = 4 << 20
 
-// yamlDoc is a policy document, decoded strictly: an unknown key anywhere is an error, never
-// ignored, because an ignored key could be a check the author expects to be enforced. Only the
-// envelope is declared here; the spec is the API's own type.
+// yamlDoc is a policy document, decoded strictly: an unknown key at the top or in the spec is
+// an error, never ignored, because an ignored key could be a check the author expects to be
+// enforced. Only the envelope is declared here; the spec is the API's own type.
 type yamlDoc struct {
 	APIVersion string                   `yaml:"apiVersion"`
 	Kind       string                   `yaml:"kind"`

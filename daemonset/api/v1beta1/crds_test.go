@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	apiv1beta1 "github.com/pullguard/pullguard/daemonset/api/v1beta1"
+	"github.com/pullguard/pullguard/plugin/policy"
 )
 
 // The CRDs in daemonset/crds are exactly what controller-gen makes of the Go types: a change to
@@ -65,10 +66,15 @@ func TestCRDsAreGenerated(t *testing.T) {
 	if got := names(committed); !slices.Equal(got, want) {
 		t.Errorf("daemonset/crds holds %v, want %v", got, want)
 	}
+	// The agent renders objects under the kinds of the policy model.
+	kinds := map[string]policy.Kind{want[0]: policy.KindCluster, want[1]: policy.KindNamespace}
 	for _, name := range want {
 		gen, err := os.ReadFile(filepath.Join(out, name))
 		if err != nil {
 			t.Fatal(err)
+		}
+		if k := "\n    kind: " + string(kinds[name]) + "\n"; !strings.Contains(string(gen), k) {
+			t.Errorf("%s: names no %q", name, strings.TrimSpace(k))
 		}
 		cur, err := os.ReadFile(filepath.Join(root, "daemonset", "crds", name))
 		if err != nil {

@@ -23,10 +23,9 @@ import (
 // GroupVersion is pullguard.dev/v1beta1.
 var GroupVersion = schema.GroupVersion{Group: policyv1beta1.Group, Version: policyv1beta1.Version}
 
-// Kinds and resources of the two custom resources.
+// The resources of the two custom resources (their kinds are the type names below), and the
+// condition the agent writes, which the Accepted printer column reads.
 const (
-	KindImagePolicy              = "ImagePolicy"
-	KindClusterImagePolicy       = "ClusterImagePolicy"
 	ResourceImagePolicies        = "imagepolicies"
 	ResourceClusterImagePolicies = "clusterimagepolicies"
 	ConditionAccepted            = "Accepted"
