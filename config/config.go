@@ -16,6 +16,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/pullguard/pullguard/plugin/policy"
+	"github.com/pullguard/pullguard/plugin/policy/v1beta1"
 )
 
 // Config is one node config file.
@@ -127,24 +128,30 @@ const (
 // VA is [va]: node-wide vulnerability assessment defaults; policy entries may override the
 // knobs.
 type VA struct {
-	MaxSeverity         string                 `toml:"max_severity"`
-	IgnoreUnfixed       bool                   `toml:"ignore_unfixed"`
-	Unscanned           string                 `toml:"unscanned"`
-	MaxReportAge        Duration               `toml:"max_report_age"`
-	RequireSignedReport bool                   `toml:"require_signed_report"`
-	ScannerSigners      []string               `toml:"scanner_signers"`
-	MaxReportBytes      int64                  `toml:"max_report_bytes"`
-	UnknownSeverity     string                 `toml:"unknown_severity"`
-	Allow               []policy.TOMLExemption `toml:"allow"`
+	MaxSeverity         string   `toml:"max_severity"`
+	IgnoreUnfixed       bool     `toml:"ignore_unfixed"`
+	Unscanned           string   `toml:"unscanned"`
+	MaxReportAge        Duration `toml:"max_report_age"`
+	RequireSignedReport bool     `toml:"require_signed_report"`
+	ScannerSigners      []string `toml:"scanner_signers"`
+	MaxReportBytes      int64    `toml:"max_report_bytes"`
+	UnknownSeverity     string   `toml:"unknown_severity"`
+	// Allow has the schema of a policy's va.allow entries.
+	Allow []v1beta1.Exemption `toml:"allow"`
 }
 
-// Exemptions returns the node-wide allowlist in the policy model.
-func (v VA) Exemptions() []policy.Exemption {
+// Exemptions returns the node-wide allowlist in the policy model. Decoding checked every
+// expiry, so an error means the config was built in code with a bad one.
+func (v VA) Exemptions() ([]policy.Exemption, error) {
 	out := make([]policy.Exemption, len(v.Allow))
 	for i, e := range v.Allow {
-		out[i] = e.Exemption()
+		x, err := policy.ExemptionFromSpec(e)
+		if err != nil {
+			return nil, fmt.Errorf("[[va.allow]] #%d: %w", i+1, err)
+		}
+		out[i] = x
 	}
-	return out
+	return out, nil
 }
 
 // Registry is [registry].

@@ -117,8 +117,8 @@ persist = false
 		c.VA.MaxReportAge.Duration != 168*time.Hour || c.Registry.PlainHTTP[0] != "127.0.0.1:5000" || c.CacheFile() != "" {
 		t.Fatalf("%+v", c)
 	}
-	ex := c.VA.Exemptions()
-	if len(ex) != 1 || ex[0].ID != "CVE-2023-0001" || ex[0].Expires.Format(time.DateOnly) != "2027-01-31" || ex[0].Namespaces[0] != "team-a" {
+	ex, err := c.VA.Exemptions()
+	if err != nil || len(ex) != 1 || ex[0].ID != "CVE-2023-0001" || ex[0].Expires.Format(time.DateOnly) != "2027-01-31" || ex[0].Namespaces[0] != "team-a" {
 		t.Fatalf("exemptions %+v", ex)
 	}
 	if c.Source != "c.toml" {
@@ -392,5 +392,37 @@ name = "c"
 	d.Metrics.Address = "127.0.0.1:9464"
 	if got := d.Warnings(); len(got) != 0 {
 		t.Errorf("defaults warn: %q", got)
+	}
+}
+
+// Fields a policy file uses for compatibility but pullguard does not act on are reported the
+// way other doubtful settings are, naming the policy, its file and the entry.
+func TestWarningsFromPolicies(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: portieris.cloud.ibm.com/v1
+kind: ImagePolicy
+metadata: {name: gitops, namespace: team-a}
+spec:
+  repositories:
+  - name: "registry.example.com/*"
+    policy:
+      mutateImage: false
+      vulnerability: {ICCRVA: {enabled: true, account: acct-1}}
+`), 0o644))
+	c := Default()
+	c.Policy.Dir = dir
+	c.VA.ScannerSigners = []string{"scanner"}
+	w := c.Warnings()
+	want := []string{
+		`ImagePolicy team-a/gitops (` + filepath.Join(dir, "p.yaml") + `): spec.repositories[0] "registry.example.com/*": policy.vulnerability.ICCRVA.account "acct-1" is ignored`,
+		`ImagePolicy team-a/gitops (` + filepath.Join(dir, "p.yaml") + `): spec.repositories[0] "registry.example.com/*": policy.mutateImage (false) has no effect`,
+	}
+	if len(w) != len(want) {
+		t.Fatalf("warnings %q", w)
+	}
+	for i := range want {
+		if !strings.HasPrefix(w[i], want[i]) {
+			t.Errorf("warning %q, want it to start with %q", w[i], want[i])
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -102,19 +103,44 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 		"va.scanner_signers", "va.allow.id", "va.allow.expires", "va.allow.namespaces",
 		"registry.plain_http", "registry.insecure_skip_verify", "registry.ca_files",
 		"signers.name", "signers.trust_store", "signers.identities", "signers.timestamp_store", "signers.revocation",
-		"policies.kind", "policies.name", "policies.namespace", "policies.mode",
-		"policies.repositories.name", "policies.repositories.mode", "policies.repositories.fail_open",
-		"policies.repositories.policy.trust.enabled", "policies.repositories.policy.trust.signers",
-		"policies.repositories.policy.va.enabled", "policies.repositories.policy.va.max_severity",
-		"policies.repositories.policy.va.ignore_unfixed", "policies.repositories.policy.va.unscanned",
-		"policies.repositories.policy.va.max_report_age", "policies.repositories.policy.va.require_signed_report",
-		"policies.repositories.policy.va.allow.id", "policies.repositories.policy.va.allow.expires",
-		"policies.repositories.policy.va.allow.namespaces",
 	} {
 		if !have[k] {
 			t.Errorf("examples/config.toml does not show key %q", k)
 		}
 	}
+	// Every key of the [[policies]] schema, from the API type itself.
+	for _, k := range tomlKeys(reflect.TypeFor[policy.TOMLPolicy](), "policies") {
+		if !have[k] {
+			t.Errorf("examples/config.toml does not show key %q", k)
+		}
+	}
+}
+
+// tomlKeys lists the dotted TOML keys of a struct type, its embedded structs flattened as the
+// decoder does, leaving out fields tagged "-".
+func tomlKeys(typ reflect.Type, prefix string) []string {
+	var out []string
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		name := f.Tag.Get("toml")
+		if name == "-" {
+			continue
+		}
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		if f.Anonymous {
+			out = append(out, tomlKeys(ft, prefix)...)
+			continue
+		}
+		if ft.Kind() == reflect.Struct {
+			out = append(out, tomlKeys(ft, prefix+"."+name)...)
+			continue
+		}
+		out = append(out, prefix+"."+name)
+	}
+	return out
 }
 
 // The seed's documents, verbatim, load: the ibm-system one with its empty "policies:" too.

@@ -185,7 +185,11 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, e := range v.Allow {
-		if err := e.Exemption().Validate(); err != nil {
+		x, err := policy.ExemptionFromSpec(e)
+		if err == nil {
+			err = x.Validate()
+		}
+		if err != nil {
 			add("[[va.allow]] #%d: %v", i+1, err)
 		}
 	}

@@ -9,7 +9,8 @@ import (
 
 // Warnings lists settings that are valid but probably not what the operator wants: checks
 // that can never pass with the signers configured, TLS switched off, an exposed metrics
-// port, audit by default. cmd/pullguard logs them at load and validate-config prints them.
+// port, audit by default, policy fields accepted for compatibility but not acted on
+// (Policy.Warnings). cmd/pullguard logs them at load and validate-config prints them.
 // Policies that fail to load are left to Validate.
 func (c *Config) Warnings() []string {
 	var out []string
@@ -41,6 +42,9 @@ func (c *Config) Warnings() []string {
 	}
 	for i := range policies {
 		p := &policies[i]
+		for _, w := range p.Warnings {
+			out = append(out, fmt.Sprintf("%s: %s", p, w))
+		}
 		for _, r := range p.Rules {
 			if r.Checks.Trust.Enabled && len(c.Signers) == 0 {
 				out = append(out, fmt.Sprintf("%s: repositories[%d] %q requires trust but no [[signers]] are configured: every image it matches is denied", p, r.Index, r.Name))

@@ -66,6 +66,10 @@ func assemble(_ context.Context, cfg *config.Config, sh shared) (*components, er
 	if err != nil {
 		return nil, fmt.Errorf("registry settings: %w", err)
 	}
+	allow, err := cfg.VA.Exemptions()
+	if err != nil {
+		return nil, fmt.Errorf("[va] settings: %w", err)
+	}
 	opts := enforce.Options{
 		Logger:   sh.log,
 		Timeout:  cfg.Decision.Timeout.Duration,
@@ -78,7 +82,7 @@ func assemble(_ context.Context, cfg *config.Config, sh shared) (*components, er
 			MaxReportAge:        cfg.VA.MaxReportAge.Duration,
 			RequireSignedReport: cfg.VA.RequireSignedReport,
 			UnknownSeverity:     cfg.VA.UnknownSeverity,
-			Allow:               cfg.VA.Exemptions(),
+			Allow:               allow,
 		},
 	}
 	if sh.facts != nil {

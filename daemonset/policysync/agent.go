@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,13 +21,14 @@ import (
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	apiv1beta1 "github.com/pullguard/pullguard/daemonset/api/v1beta1"
 	"github.com/pullguard/pullguard/plugin/policy"
 )
 
 // Resources of the two kinds.
 var (
-	ImagePoliciesResource        = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "imagepolicies"}
-	ClusterImagePoliciesResource = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "clusterimagepolicies"}
+	ImagePoliciesResource        = apiv1beta1.GroupVersion.WithResource(apiv1beta1.ResourceImagePolicies)
+	ClusterImagePoliciesResource = apiv1beta1.GroupVersion.WithResource(apiv1beta1.ResourceClusterImagePolicies)
 )
 
 var kinds = []struct {
@@ -103,6 +105,7 @@ type verdict struct {
 	generation int64
 	signers    string // hash of the signer names it was checked against
 	data       []byte
+	notes      string // the rendered policy's warnings, joined
 	err        error
 }
 
@@ -304,6 +307,7 @@ func (a *Agent) sync(ctx context.Context) {
 					v.err = fmt.Errorf("%s is also defined in %s on this node; the daemon refuses duplicate policies: rename the object", obj.Key, others[obj.Key])
 				default:
 					v.data = r.Data
+					v.notes = strings.Join(r.Policy.Warnings, "; ")
 				}
 				if v.err != nil && (a.verdicts[obj.Key] == nil || a.verdicts[obj.Key].err == nil || a.verdicts[obj.Key].err.Error() != v.err.Error()) {
 					a.log.WarnContext(ctx, "policy object REJECTED; the node keeps its last good version of it, if any",

@@ -16,12 +16,13 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/pullguard/pullguard/plugin/policy"
+	policyv1beta1 "github.com/pullguard/pullguard/plugin/policy/v1beta1"
 )
 
 // Group and version of pullguard's custom resources.
 const (
-	Group   = "pullguard.dev"
-	Version = "v1beta1"
+	Group   = policyv1beta1.Group
+	Version = policyv1beta1.Version
 )
 
 // Key identifies one object: kind, namespace ("" for cluster policies) and name.

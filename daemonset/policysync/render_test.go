@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -63,7 +64,25 @@ func TestRender(t *testing.T) {
 		},
 		{name: "no spec denies all", key: Key{Kind: policy.KindCluster, Name: "empty"}, spec: `null`},
 		{name: "unknown signer", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{repositories: [{name: "*", policy: {trust: {enabled: true, signers: [nobody]}}}]}`, wantErr: `signer "nobody"`},
-		{name: "unknown field", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{repositories: [{name: "*", policy: {trust: {enabled: true, trustServer: x}}}]}`, wantErr: `unknown field "trustServer"`},
+		{name: "unknown field", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{repositories: [{name: "*", policy: {trust: {enabled: true, trustServr: x}}}]}`, wantErr: `unknown field "trustServr"`},
+		{name: "refused trustServer", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{repositories: [{name: "*", policy: {trust: {enabled: true, trustServer: x}}}]}`, wantErr: `policy.trust.trustServer (a Notary v1 server) is not supported`},
+		{name: "refused simple", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{repositories: [{name: "*", policy: {simple: {requirements: [{type: signedBy, keySecret: k}]}}}]}`, wantErr: `policy.simple (GPG simple signing) is not supported`},
+		{name: "bad running", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{running: kill}`, wantErr: `spec.running: unknown value "kill"`},
+		{name: "zero evictAfter", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{repositories: [{name: "*", evictAfter: 0s}]}`, wantErr: "evictAfter: must be positive"},
+		{
+			name: "portieris fields, running and evictAfter",
+			key:  Key{Kind: policy.KindNamespace, Namespace: "team-a", Name: "p"},
+			spec: `{running: evict, evictAfter: 2m, repositories: [{name: "*", evictAfter: 90s, policy: {mutateImage: false, vulnerability: {ICCRVA: {enabled: true, account: a}}}}, {name: "quay.io/*", running: report}]}`,
+			check: func(t *testing.T, p policy.Policy) {
+				r0, r1 := p.Rules[0], p.Rules[1]
+				if !r0.Checks.VA.Enabled || r0.Running != policy.RunningEvict || r0.EvictAfter != 90*time.Second || r1.Running != policy.RunningReport || r1.EvictAfter != 2*time.Minute {
+					t.Errorf("rules %+v", p.Rules)
+				}
+				if len(p.Warnings) != 2 {
+					t.Errorf("warnings %q", p.Warnings)
+				}
+			},
+		},
 		{name: "bad pattern", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{repositories: [{name: "UPPER/Case:tag:x"}]}`, wantErr: "repositories[0]"},
 		{name: "bad severity", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{repositories: [{name: "*", policy: {va: {enabled: true, maxSeverity: extreme}}}]}`, wantErr: "severity"},
 		{name: "bad mode", key: Key{Kind: policy.KindCluster, Name: "c"}, spec: `{mode: warn}`, wantErr: "mode"},

@@ -14,12 +14,13 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
+	apiv1beta1 "github.com/pullguard/pullguard/daemonset/api/v1beta1"
 	"github.com/pullguard/pullguard/plugin/policy"
 )
 
 // Condition and Event vocabulary.
 const (
-	ConditionAccepted = "Accepted"
+	ConditionAccepted = apiv1beta1.ConditionAccepted // the CRDs' Accepted column reads it
 	ReasonValid       = "Valid"
 	ReasonInvalid     = "Invalid"
 	EventRejected     = "PolicyRejected"
@@ -85,6 +86,11 @@ func (a *Agent) report(ctx context.Context, objs []observed) {
 			continue // a newer version is on its way
 		}
 		status, reason, msg := metav1.ConditionTrue, ReasonValid, "valid; rendered into each node's synced policy directory"
+		if v.notes != "" {
+			// Fields accepted but not acted on (Portieris' mutateImage, ...): the author reads
+			// them here rather than in a node's log.
+			msg = truncate(msg+"; note: "+v.notes, maxMessage)
+		}
 		if v.err != nil {
 			status, reason = metav1.ConditionFalse, ReasonInvalid
 			msg = truncate(v.err.Error()+" -- not applied: nodes keep the last accepted version of this object, if any", maxMessage)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the pinned real components the integration tests and the demo run against, and
-# staticcheck for `make lint`: Go tools built from this directory's module (versions pinned by
-# its go.mod `tool` lines, so no `go install pkg@version` and no version-list lookups), plus
-# runc and busybox-static from apt.
+# Installs the pinned real components the integration tests and the demo run against,
+# staticcheck for `make lint`, and controller-gen for `make generate` and the unit test that
+# checks daemonset/crds against it: Go tools built from this directory's module (versions
+# pinned by its go.mod `tool` lines, so no `go install pkg@version` and no version-list
+# lookups), plus runc and busybox-static from apt.
 # Idempotent: the Go build is skipped when the stamp (go.mod + go.sum + Go version) matches.
 #
 # Env: PULLGUARD_TOOLS_BIN  where binaries go (default <repo>/.tools/bin)
@@ -26,6 +27,7 @@ tools=(
 	oras.land/oras/cmd/oras
 	github.com/google/go-containerregistry/cmd/crane
 	honnef.co/go/tools/cmd/staticcheck
+	sigs.k8s.io/controller-tools/cmd/controller-gen
 )
 
 install_apt() {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pullguard/pullguard/plugin/policy"
 	"github.com/pullguard/pullguard/plugin/registry"
 	"github.com/pullguard/pullguard/plugin/va"
 )
@@ -104,8 +105,12 @@ type Decision struct {
 	// is what was verified. Empty when nothing was resolved.
 	PinnedRef string
 
-	Policy     string // e.g. `ImagePolicy team-a/strict (policies/team-a.yaml)`
-	Rule       string // the repositories[].name that matched
+	Policy string // e.g. `ImagePolicy team-a/strict (policies/team-a.yaml)`
+	Rule   string // the repositories[].name that matched
+	// Running and EvictAfter are the matched rule's answer to what happens
+	// to a running container whose image this decision does not admit.
+	Running    policy.Running
+	EvictAfter time.Duration
 	PolicyHash string
 	Reason     string
 	Details    []string // per-signature / per-finding explanation lines for `check`

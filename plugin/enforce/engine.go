@@ -126,6 +126,7 @@ func (e *Engine) decide(ctx context.Context, req Request) *Decision {
 		return d.deny(SignatureValidationFailed, m.Reason)
 	}
 	d.Rule = m.Rule.Name
+	d.Running, d.EvictAfter = m.Rule.Running, m.Rule.EvictAfter
 	audit := m.Rule.Mode == policy.ModeAudit
 
 	f := e.check(ctx, req, m, d)

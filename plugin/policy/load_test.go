@@ -146,8 +146,19 @@ func TestParseYAMLErrors(t *testing.T) {
 		name, doc string
 		want      []string
 	}{
-		{"unknown field in trust (portieris trustServer)", head + "spec:\n  repositories:\n  - name: '*'\n    policy:\n      trust:\n        enabled: true\n        trustServer: https://notary\n",
-			[]string{"x.yaml: document 1:", "line 11", `unknown field "trustServer" in trust`}},
+		{"unknown field in trust", head + "spec:\n  repositories:\n  - name: '*'\n    policy:\n      trust:\n        enabled: true\n        signerSecret: [{name: a}]\n",
+			[]string{"x.yaml: document 1:", "line 11", `unknown field "signerSecret" in trust`}},
+		{"unknown field in vulnerability", head + "spec:\n  repositories:\n  - name: '*'\n    policy:\n      vulnerability:\n        IBMVA: {enabled: true}\n",
+			[]string{"line 10", `unknown field "IBMVA" in vulnerability`}},
+		{"portieris trustServer", head + "spec:\n  repositories:\n  - name: '*'\n    policy:\n      trust:\n        enabled: true\n        trustServer: https://notary\n",
+			[]string{`spec.repositories[0] "*": policy.trust.trustServer`, "not supported", "notation", "signerSecrets"}},
+		{"portieris simple", head + "spec:\n  repositories:\n  - name: '*'\n    policy:\n      simple: {requirements: [{type: signedBy, keySecret: k}]}\n",
+			[]string{`spec.repositories[0] "*": policy.simple`, "not supported", "notation", "trust.enabled"}},
+		{"bad running", head + "spec:\n  running: kill\n", []string{`spec.running: unknown value "kill" (want report or evict)`}},
+		{"bad entry running", head + "spec:\n  repositories:\n  - name: '*'\n    running: Evict\n", []string{`spec.repositories[0] "*": running: unknown value "Evict"`}},
+		{"zero evictAfter", head + "spec:\n  evictAfter: 0s\n", []string{"spec.evictAfter: must be positive, got 0s"}},
+		{"negative entry evictAfter", head + "spec:\n  repositories:\n  - name: '*'\n    evictAfter: -5m\n", []string{`spec.repositories[0] "*": evictAfter: must be positive, got -5m`}},
+		{"bad evictAfter", head + "spec:\n  evictAfter: 5 minutes\n", []string{`invalid duration "5 minutes"`}},
 		{"unknown top-level field", head + "spek: {}\n", []string{`unknown field "spek" in a policy document`}},
 		{"policies with a value", head + "spec:\n  repositories:\n  - name: '*'\n    policies:\n      trust: {enabled: true}\n",
 			[]string{`spec.repositories[0] "*"`, `unknown field "policies"`, `did you mean "policy"`}},
@@ -176,7 +187,7 @@ func TestParseYAMLErrors(t *testing.T) {
 					t.Errorf("error %q does not contain %q", err, w)
 				}
 			}
-			if strings.Contains(err.Error(), "policy.yaml") || strings.Contains(err.Error(), "\n") {
+			if strings.Contains(err.Error(), "policy.yaml") || strings.Contains(err.Error(), "v1beta1.") || strings.Contains(err.Error(), "\n") {
 				t.Errorf("error %q leaks Go type names or spans lines", err)
 			}
 		})

@@ -1,7 +1,8 @@
-// Package policy holds pullguard's image policy model (the seed's ClusterImagePolicy and
-// ImagePolicy), loads it from YAML and TOML, and decides which rule applies to an image in a
-// namespace. It knows nothing about how checks are carried out: trust and VA are only described
-// here and evaluated by plugin/enforce.
+// Package policy holds pullguard's image policy model (ClusterImagePolicy and ImagePolicy),
+// loads it from YAML and TOML, and decides which rule applies to an image in a namespace. The
+// schema those files follow is plugin/policy/v1beta1's, converted into this model in one place
+// (FromSpec); the model is what matching and plugin/enforce read. It knows nothing about how
+// checks are carried out: trust and VA are only described here and evaluated by plugin/enforce.
 package policy
 
 import (
@@ -26,6 +27,21 @@ const (
 	ModeEnforce Mode = "enforce"
 	ModeAudit   Mode = "audit"
 )
+
+// Running says what happens to a running container whose image is no longer admitted.
+type Running string
+
+const (
+	// RunningReport reports it: an audit log line, a metric and an Event.
+	RunningReport Running = "report"
+	// RunningEvict evicts the container's pod through the Kubernetes Eviction API, the
+	// rule's EvictAfter after the image stopped being admitted.
+	RunningEvict Running = "evict"
+)
+
+// DefaultEvictAfter is how long a running container may keep a refused image before it is
+// evicted, when neither the entry nor the policy says.
+const DefaultEvictAfter = 5 * time.Minute
 
 // Severities accepted for VA max_severity, lowest first.
 var severities = []string{"none", "low", "medium", "high", "critical"}
@@ -83,6 +99,11 @@ type Rule struct {
 	Mode     Mode // as written: "" inherits; NewSet fills in the effective mode
 	FailOpen bool // RegistryUnavailable admits (loudly) instead of denying
 	Index    int  // position within the policy, for messages
+	// Running and EvictAfter are resolved when a policy is converted (the entry's value, else
+	// the policy's, else RunningReport and DefaultEvictAfter): unlike the mode, no node setting
+	// takes part. NewSet fills in the defaults for rules built in code that leave them zero.
+	Running    Running
+	EvictAfter time.Duration
 }
 
 // Policy is one ClusterImagePolicy or ImagePolicy.
@@ -93,6 +114,9 @@ type Policy struct {
 	Source    string // file path (+ "#doc N" for multi-document YAML), "config.toml", "crd"
 	Mode      Mode   // "" = the set's default
 	Rules     []Rule // empty = deny everything
+	// Warnings are notes from loading: fields accepted for compatibility that pullguard does
+	// not act on. config.Warnings reports them with the policy's name.
+	Warnings []string
 }
 
 // String names the policy the way messages and logs do: kind, namespace/name and source.
@@ -144,6 +168,12 @@ func (p *Policy) Validate() error {
 func (r *Rule) validate() error {
 	if err := validateMode(r.Mode); err != nil {
 		return err
+	}
+	if err := validateRunning(r.Running); err != nil {
+		return err
+	}
+	if r.EvictAfter < 0 {
+		return fmt.Errorf("evictAfter: must be positive, got %s", r.EvictAfter)
 	}
 	if _, err := compilePattern(r.Name); err != nil {
 		return err
@@ -197,6 +227,14 @@ func validateMode(m Mode) error {
 		return nil
 	}
 	return fmt.Errorf("unknown mode %q (want %s or %s)", m, ModeEnforce, ModeAudit)
+}
+
+func validateRunning(r Running) error {
+	switch r {
+	case "", RunningReport, RunningEvict:
+		return nil
+	}
+	return fmt.Errorf("running: unknown value %q (want %s or %s)", r, RunningReport, RunningEvict)
 }
 
 // ValidateMode checks a mode value; "" is accepted and means "inherit".

@@ -36,9 +36,10 @@ type Match struct {
 }
 
 // NewSet validates and compiles policies. Rules get their effective mode (rule's, else the
-// policy's, else defaultMode, else enforce). The input is copied; later changes to it do not
-// affect the Set. Order matters only to break ties between equally specific patterns: the
-// first one wins.
+// policy's, else defaultMode, else enforce), and RunningReport and DefaultEvictAfter where
+// they were left zero (rules built in code; converted ones have them resolved). The input is
+// copied; later changes to it do not affect the Set. Order matters only to break ties between
+// equally specific patterns: the first one wins.
 func NewSet(policies []Policy, defaultMode Mode) (*Set, error) {
 	if defaultMode == "" {
 		defaultMode = ModeEnforce
@@ -68,6 +69,12 @@ func NewSet(policies []Policy, defaultMode Mode) (*Set, error) {
 				r.Mode = p.Mode
 			default:
 				r.Mode = defaultMode
+			}
+			if r.Running == "" {
+				r.Running = RunningReport
+			}
+			if r.EvictAfter == 0 {
+				r.EvictAfter = DefaultEvictAfter
 			}
 			pat, err := compilePattern(r.Name)
 			if err != nil { // Validate already compiled it; kept for safety
@@ -102,6 +109,7 @@ func orUnknown(s string) string {
 
 func clonePolicy(in *Policy) *Policy {
 	p := *in
+	p.Warnings = append([]string(nil), in.Warnings...)
 	p.Rules = make([]Rule, len(in.Rules))
 	for i, r := range in.Rules {
 		r.Checks.Trust.Signers = append([]string(nil), r.Checks.Trust.Signers...)
@@ -137,8 +145,8 @@ func clonePtr[T any](v *T) *T {
 func (s *Set) Policies() []*Policy { return s.policies }
 
 // Hash is a stable hash of everything that affects decisions (kinds, names, namespaces,
-// patterns in order, checks, effective modes, fail_open); sources are left out, so moving a
-// policy between files keeps the hash.
+// patterns in order, checks, effective modes, fail_open, running and evictAfter); sources and
+// warnings are left out, so moving a policy between files keeps the hash.
 func (s *Set) Hash() string { return s.hash }
 
 func hashPolicies(ps []*Policy) string {

@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/pullguard/pullguard/plugin/policy/v1beta1"
 )
 
 // TOMLFile is a TOML policy file in a policy directory: only [[policies]] tables, with the
@@ -16,106 +17,23 @@ type TOMLFile struct {
 	Policies []TOMLPolicy `toml:"policies"`
 }
 
-// TOMLPolicy is one [[policies]] table. Keys are snake_case like the rest of the node config.
+// TOMLPolicy is one [[policies]] table: the document's envelope (kind, name, namespace) and,
+// flattened beside it, the API's spec under its snake_case toml names. Keys the TOML form
+// never had (Portieris' and signerSecrets) are tagged "-" there, so they are unknown keys here.
 type TOMLPolicy struct {
-	Kind         string     `toml:"kind"`
-	Name         string     `toml:"name"`
-	Namespace    string     `toml:"namespace"`
-	Mode         string     `toml:"mode"`
-	Repositories []TOMLRule `toml:"repositories"`
-}
-
-// TOMLRule is one [[policies.repositories]] table.
-type TOMLRule struct {
-	Name     string      `toml:"name"`
-	Mode     string      `toml:"mode"`
-	FailOpen bool        `toml:"fail_open"`
-	Policy   *TOMLChecks `toml:"policy"`
-}
-
-// TOMLChecks is [policies.repositories.policy]; absent means no checks.
-type TOMLChecks struct {
-	Trust *TOMLTrust `toml:"trust"`
-	VA    *TOMLVA    `toml:"va"`
-}
-
-// TOMLTrust is [policies.repositories.policy.trust].
-type TOMLTrust struct {
-	Enabled bool     `toml:"enabled"`
-	Signers []string `toml:"signers"`
-}
-
-// TOMLVA is [policies.repositories.policy.va]; unset knobs fall back to the node's [va].
-type TOMLVA struct {
-	Enabled             bool            `toml:"enabled"`
-	MaxSeverity         *string         `toml:"max_severity"`
-	IgnoreUnfixed       *bool           `toml:"ignore_unfixed"`
-	Unscanned           *string         `toml:"unscanned"`
-	MaxReportAge        *Duration       `toml:"max_report_age"`
-	RequireSignedReport *bool           `toml:"require_signed_report"`
-	Allow               []TOMLExemption `toml:"allow"`
-}
-
-// VA converts to the model.
-func (v *TOMLVA) VA() VA {
-	va := VA{
-		Enabled:             v.Enabled,
-		MaxSeverity:         v.MaxSeverity,
-		IgnoreUnfixed:       v.IgnoreUnfixed,
-		Unscanned:           v.Unscanned,
-		RequireSignedReport: v.RequireSignedReport,
-	}
-	if v.MaxReportAge != nil {
-		d := time.Duration(*v.MaxReportAge)
-		va.MaxReportAge = &d
-	}
-	for _, e := range v.Allow {
-		va.Allow = append(va.Allow, e.Exemption())
-	}
-	return va
-}
-
-// TOMLExemption is one [[...va.allow]] table (also used by the node config's [[va.allow]], and
-// by the YAML documents' va.allow, whose keys are the same).
-type TOMLExemption struct {
-	ID         string   `toml:"id" yaml:"id"`
-	Expires    Date     `toml:"expires" yaml:"expires"`
-	Namespaces []string `toml:"namespaces" yaml:"namespaces"`
-}
-
-// Exemption converts to the model.
-func (e TOMLExemption) Exemption() Exemption {
-	return Exemption{ID: e.ID, Expires: e.Expires.Time, Namespaces: e.Namespaces}
+	Kind      string `toml:"kind"`
+	Name      string `toml:"name"`
+	Namespace string `toml:"namespace"`
+	v1beta1.ImagePolicySpec
 }
 
 // Policy converts to the model and validates it; source is recorded as Policy.Source.
 func (t *TOMLPolicy) Policy(source string) (Policy, error) {
-	p := Policy{
-		Kind:      Kind(t.Kind),
-		Name:      t.Name,
-		Namespace: t.Namespace,
-		Source:    source,
-		Mode:      Mode(t.Mode),
-		Rules:     make([]Rule, 0, len(t.Repositories)),
-	}
-	for i, r := range t.Repositories {
-		rule := Rule{Name: r.Name, Mode: Mode(r.Mode), FailOpen: r.FailOpen, Index: i}
-		if c := r.Policy; c != nil {
-			if c.Trust != nil {
-				rule.Checks.Trust.Enabled = c.Trust.Enabled
-				for _, s := range c.Trust.Signers {
-					rule.Checks.Trust.Signers = appendUnique(rule.Checks.Trust.Signers, s)
-				}
-			}
-			if c.VA != nil {
-				rule.Checks.VA = c.VA.VA()
-			}
-		}
-		p.Rules = append(p.Rules, rule)
-	}
-	if err := p.Validate(); err != nil {
+	p, err := FromSpec(Kind(t.Kind), t.Name, t.Namespace, "", &t.ImagePolicySpec)
+	if err != nil {
 		return Policy{}, err
 	}
+	p.Source = source
 	return p, nil
 }
 

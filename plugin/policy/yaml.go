@@ -9,26 +9,30 @@ import (
 	"strings"
 
 	yaml "go.yaml.in/yaml/v2"
+
+	"github.com/pullguard/pullguard/plugin/policy/v1beta1"
 )
 
-// API versions whose ImagePolicy / ClusterImagePolicy documents load as-is.
+// API versions whose ImagePolicy / ClusterImagePolicy documents load. All three decode into
+// the same spec (v1beta1.ImagePolicySpec): pullguard's own schema accepts the other two's
+// fields, so a policy written for either migrates by changing its apiVersion line.
 const (
 	APIVersionSeed      = "securityenforcement.admission.cloud.ibm.com/v1beta1"
 	APIVersionPortieris = "portieris.cloud.ibm.com/v1"
-	APIVersionPullguard = "pullguard.dev/v1beta1"
+	APIVersionPullguard = v1beta1.APIVersion
 )
 
 // MaxPolicyFileBytes bounds one policy file (and ParseYAML's input).
 const MaxPolicyFileBytes = 4 << 20
 
-// The YAML form, decoded strictly: an unknown key under spec is an error, never ignored,
-// because an ignored key could be a check the author expects to be enforced. Keys follow
-// Kubernetes conventions (camelCase), as the documents are also custom resources.
+// yamlDoc is a policy document, decoded strictly: an unknown key at the top or in the spec is
+// an error, never ignored, because an ignored key could be a check the author expects to be
+// enforced. Only the envelope is declared here; the spec is the API's own type.
 type yamlDoc struct {
-	APIVersion string    `yaml:"apiVersion"`
-	Kind       string    `yaml:"kind"`
-	Metadata   *yamlMeta `yaml:"metadata"`
-	Spec       *yamlSpec `yaml:"spec"`
+	APIVersion string                   `yaml:"apiVersion"`
+	Kind       string                   `yaml:"kind"`
+	Metadata   *yamlMeta                `yaml:"metadata"`
+	Spec       *v1beta1.ImagePolicySpec `yaml:"spec"`
 	// Output of "kubectl get -o yaml" carries a status; it is the server's, not a policy.
 	Status any `yaml:"status"`
 	// Items of a "kind: List" (or ImagePolicyList / ClusterImagePolicyList), as
@@ -41,54 +45,6 @@ type yamlMeta struct {
 	Namespace string `yaml:"namespace"`
 	// Other object metadata (labels, annotations, uid, …) is Kubernetes', accepted and unused.
 	Other map[string]any `yaml:",inline"`
-}
-
-type yamlSpec struct {
-	Repositories []yamlRepo `yaml:"repositories"`
-	Mode         string     `yaml:"mode"`
-}
-
-type yamlRepo struct {
-	Name   string      `yaml:"name"`
-	Policy *yamlChecks `yaml:"policy"`
-	// The seed's default ibm-system policy has an entry with "policies:" (a typo for
-	// "policy:") and no value. Documents must load as-is, so exactly that form -- the key with
-	// an empty value -- is accepted and means no checks; any value is an error.
-	Policies *seedTypo `yaml:"policies"`
-	Mode     string    `yaml:"mode"`
-	FailOpen bool      `yaml:"failOpen"`
-}
-
-// seedTypo is only ever set when "policies:" carries a value (the decoder skips nulls).
-type seedTypo struct{}
-
-func (*seedTypo) UnmarshalYAML(func(any) error) error { return nil }
-
-type yamlChecks struct {
-	Trust *yamlTrust `yaml:"trust"`
-	VA    *yamlVA    `yaml:"va"`
-}
-
-type yamlTrust struct {
-	Enabled       bool            `yaml:"enabled"`
-	SignerSecrets []yamlSecretRef `yaml:"signerSecrets"` // the seed's form
-	Signers       []string        `yaml:"signers"`       // pullguard's form
-}
-
-type yamlSecretRef struct {
-	Name string `yaml:"name"`
-}
-
-// yamlVA has TOMLVA's fields under the YAML documents' camelCase keys, so that
-// one converts to the other and both share TOMLVA.VA.
-type yamlVA struct {
-	Enabled             bool            `yaml:"enabled"`
-	MaxSeverity         *string         `yaml:"maxSeverity"`
-	IgnoreUnfixed       *bool           `yaml:"ignoreUnfixed"`
-	Unscanned           *string         `yaml:"unscanned"`
-	MaxReportAge        *Duration       `yaml:"maxReportAge"`
-	RequireSignedReport *bool           `yaml:"requireSignedReport"`
-	Allow               []TOMLExemption `yaml:"allow"`
 }
 
 // ParseYAML reads one or more YAML documents (separated by "---"), each a ClusterImagePolicy
@@ -181,16 +137,20 @@ func decodeDoc(dec *yaml.Decoder, doc *yamlDoc) (err error) {
 }
 
 var (
-	unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type policy\.(\w+)`)
-	dupFieldRE     = regexp.MustCompile(`field (\S+) already set in type policy\.(\w+)`)
-	goTypeRE       = regexp.MustCompile(`policy\.(yaml\w+|seedTypo|Duration|Date)`)
+	unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type (?:policy|v1beta1)\.(\w+)`)
+	dupFieldRE     = regexp.MustCompile(`field (\S+) already set in type (?:policy|v1beta1)\.(\w+)`)
+	goTypeRE       = regexp.MustCompile(`\b(?:policy|v1beta1)\.(\w+)`)
 )
 
+// yamlTypeNames names the Go types the decoder mentions the way the document calls them.
 var yamlTypeNames = map[string]string{
-	"yamlDoc": "a policy document", "yamlMeta": "metadata", "yamlSpec": "spec",
-	"yamlRepo": "a repositories entry", "yamlChecks": "policy", "yamlTrust": "trust",
-	"yamlSecretRef": "a signerSecrets entry", "yamlVA": "va", "yamlExemption": "an allow entry",
-	"seedTypo": "policies", "Duration": "a duration", "Date": "a date",
+	"yamlDoc": "a policy document", "yamlMeta": "metadata", "ImagePolicySpec": "spec",
+	"Repository": "a repositories entry", "RepositoryPolicy": "policy", "Trust": "trust",
+	"SignerSecret": "a signerSecrets entry", "SignerName": "a signer name", "VA": "va",
+	"Exemption": "an allow entry", "NamespaceName": "a namespace name",
+	"Vulnerability": "vulnerability", "ICCRVA": "ICCRVA", "MisspeltPolicy": "policies",
+	"Unsupported": "simple", "Duration": "a duration", "Date": "a date", "Mode": "a mode",
+	"Running": "a running value",
 }
 
 // cleanYAMLError rewrites the decoder's messages, which name Go types, into the document's
@@ -207,7 +167,7 @@ func cleanYAMLError(msg string) string {
 		return fmt.Sprintf("field %q set twice in %s", m[1], yamlTypeNames[m[2]])
 	})
 	msg = goTypeRE.ReplaceAllStringFunc(msg, func(s string) string {
-		if n, ok := yamlTypeNames[strings.TrimPrefix(s, "policy.")]; ok {
+		if n, ok := yamlTypeNames[goTypeRE.FindStringSubmatch(s)[1]]; ok {
 			return n
 		}
 		return s
@@ -227,59 +187,9 @@ func (d *yamlDoc) policy() (Policy, error) {
 	default:
 		return Policy{}, fmt.Errorf("unsupported apiVersion %q (want %s, %s or %s)", d.APIVersion, APIVersionPullguard, APIVersionSeed, APIVersionPortieris)
 	}
-	p := Policy{Kind: Kind(d.Kind)}
+	var name, namespace string
 	if d.Metadata != nil {
-		p.Name, p.Namespace = d.Metadata.Name, d.Metadata.Namespace
+		name, namespace = d.Metadata.Name, d.Metadata.Namespace
 	}
-	if d.Spec != nil {
-		p.Mode = Mode(d.Spec.Mode)
-		p.Rules = make([]Rule, 0, len(d.Spec.Repositories))
-		for i, r := range d.Spec.Repositories {
-			rule, err := r.rule(i)
-			if err != nil {
-				return Policy{}, fmt.Errorf("spec.repositories[%d] %q: %w", i, r.Name, err)
-			}
-			p.Rules = append(p.Rules, rule)
-		}
-	}
-	if err := p.Validate(); err != nil {
-		return Policy{}, err
-	}
-	return p, nil
-}
-
-func (r *yamlRepo) rule(i int) (Rule, error) {
-	if r.Policies != nil {
-		return Rule{}, errors.New(`unknown field "policies" (did you mean "policy"? an empty "policies:" is tolerated for the seed's ibm-system policy, a value is not)`)
-	}
-	rule := Rule{Name: r.Name, Mode: Mode(r.Mode), FailOpen: r.FailOpen, Index: i}
-	if r.Policy == nil {
-		return rule, nil
-	}
-	if t := r.Policy.Trust; t != nil {
-		rule.Checks.Trust.Enabled = t.Enabled
-		for j, s := range t.SignerSecrets {
-			if s.Name == "" {
-				return Rule{}, fmt.Errorf("trust.signerSecrets[%d]: name is required", j)
-			}
-			rule.Checks.Trust.Signers = appendUnique(rule.Checks.Trust.Signers, s.Name)
-		}
-		for _, s := range t.Signers {
-			rule.Checks.Trust.Signers = appendUnique(rule.Checks.Trust.Signers, s)
-		}
-	}
-	if v := r.Policy.VA; v != nil {
-		tv := TOMLVA(*v)
-		rule.Checks.VA = tv.VA()
-	}
-	return rule, nil
-}
-
-func appendUnique(list []string, s string) []string {
-	for _, v := range list {
-		if v == s {
-			return list
-		}
-	}
-	return append(list, s)
+	return FromSpec(Kind(d.Kind), name, namespace, "spec.", d.Spec)
 }
