@@ -34,6 +34,7 @@ type Config struct {
 	Registry Registry            `toml:"registry"`
 	Cache    Cache               `toml:"cache"`
 	NRI      NRI                 `toml:"nri"`
+	Running  Running             `toml:"running"`
 
 	// Source is the file the config came from ("" when parsed from bytes without a name).
 	Source string `toml:"-"`
@@ -200,6 +201,22 @@ type NRI struct {
 	ImageVolumeDir string `toml:"image_volume_dir"`
 }
 
+// Running is [running]: containers already running are re-decided when policies, trust
+// material or the facts about their images change; what happens to one no longer admitted is
+// each policy's `running` (report or evict).
+type Running struct {
+	// RecheckInterval is how often the images of running containers are verified again against
+	// their registries (a new scan report, a revoked signature).
+	RecheckInterval Duration `toml:"recheck_interval"`
+	// RecheckConcurrency bounds the re-checks made at once.
+	RecheckConcurrency int `toml:"recheck_concurrency"`
+	// MaxEvictionsPerMinute bounds the agent's evictions on this node.
+	MaxEvictionsPerMinute int `toml:"max_evictions_per_minute"`
+	// ProtectedNamespaces are never evicted: the namespaces whose images are admitted by
+	// default, so the node can always recover.
+	ProtectedNamespaces []string `toml:"protected_namespaces"`
+}
+
 // NRI modes.
 const (
 	NRIEnforce  = "enforce"
@@ -277,6 +294,12 @@ func Default() *Config {
 			MaxReferrers:     256,
 		},
 		Cache: Cache{Size: 10000, TTL: Duration{time.Hour}, NegativeTTL: Duration{time.Minute}, Persist: true},
+		Running: Running{
+			RecheckInterval:       Duration{10 * time.Minute},
+			RecheckConcurrency:    4,
+			MaxEvictionsPerMinute: 2,
+			ProtectedNamespaces:   []string{"kube-system", "pullguard-system"},
+		},
 		NRI: NRI{
 			Mode:             NRIEnforce,
 			Socket:           "/var/run/nri/nri.sock",

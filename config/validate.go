@@ -133,6 +133,18 @@ func (c *Config) Validate() error {
 		add("[nri] mode %q: want enforce or pull-only", n.Mode)
 	}
 
+	// [running]
+	checkDuration(add, "[running] recheck_interval", c.Running.RecheckInterval, 0)
+	if c.Running.RecheckInterval.Duration > 0 && c.Running.RecheckInterval.Duration < time.Minute {
+		add("[running] recheck_interval %s: at least 1m (every running image is verified again each time)", c.Running.RecheckInterval.Duration)
+	}
+	if c.Running.RecheckConcurrency < 1 || c.Running.RecheckConcurrency > 64 {
+		add("[running] recheck_concurrency %d: want 1 to 64", c.Running.RecheckConcurrency)
+	}
+	if c.Running.MaxEvictionsPerMinute < 0 || c.Running.MaxEvictionsPerMinute > 1000 {
+		add("[running] max_evictions_per_minute %d: want 0 (never evict) to 1000", c.Running.MaxEvictionsPerMinute)
+	}
+
 	// [[signers]]
 	signers := map[string]bool{}
 	for i, sg := range c.Signers {

@@ -22,6 +22,7 @@ func commands() map[string]command {
 		"serve":           {runServe, "run the CRI proxy (pullguard serve --config FILE)"},
 		"check":           {runCheck, "decide on an image offline (pullguard check --config FILE --namespace NS IMAGE)"},
 		"validate-config": {runValidateConfig, "check a node config file and its policies (pullguard validate-config FILE)"},
+		"status":          {runStatus, "list the running containers and pullguard's verdict on each (exit 1 if any is not admitted)"},
 		"install":         {runInstall, "install pullguard as a host service and point kubelet at it"},
 		"uninstall":       {runUninstall, "restore kubelet's configuration and remove pullguard from the host"},
 		"sync":            {runSync, "keep the host config in sync with a mounted ConfigMap"},
@@ -63,7 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: pullguard COMMAND [flags]")
 	fmt.Fprintln(w, "commands:")
-	for _, name := range []string{"serve", "check", "validate-config", "install", "uninstall", "sync", "policy-sync", "image", "version"} {
+	for _, name := range []string{"serve", "check", "validate-config", "status", "install", "uninstall", "sync", "policy-sync", "image", "version"} {
 		fmt.Fprintf(w, "  %-16s %s\n", name, commands()[name].summary)
 	}
 }

@@ -17,6 +17,7 @@ type metrics struct {
 	latency   *prometheus.HistogramVec
 	reloads   *prometheus.CounterVec
 	upstream  *prometheus.CounterVec
+	running   *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -39,8 +40,12 @@ func newMetrics() *metrics {
 			Name: "pullguard_upstream_errors_total",
 			Help: "Forwarded CRI calls that failed upstream, by method and gRPC code (Unavailable: containerd unreachable).",
 		}, []string{"method", "code"}),
+		running: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pullguard_running_containers",
+			Help: "Running containers by namespace and verdict (admit, deny, pending: not decided yet).",
+		}, []string{"namespace", "verdict"}),
 	}
-	m.registry.MustRegister(m.decisions, m.latency, m.reloads, m.upstream,
+	m.registry.MustRegister(m.decisions, m.latency, m.reloads, m.upstream, m.running,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -69,6 +74,14 @@ func (m *metrics) watchCache(stats func() cache.Stats) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pullguard_facts_cache_entries", Help: "Facts held in the cache."},
 			func() float64 { return float64(stats().Entries) }),
 	)
+}
+
+// runningContainers replaces the running-container counts.
+func (m *metrics) runningContainers(counts map[[2]string]int) {
+	m.running.Reset()
+	for k, n := range counts {
+		m.running.WithLabelValues(k[0], k[1]).Set(float64(n))
+	}
 }
 
 // watchNRI exposes whether containerd has the NRI plugin registered.

@@ -18,6 +18,7 @@ import (
 	"github.com/pullguard/pullguard/plugin/imageproxy"
 	"github.com/pullguard/pullguard/plugin/nodeimages"
 	"github.com/pullguard/pullguard/plugin/nri"
+	"github.com/pullguard/pullguard/plugin/running"
 )
 
 // sandboxRecheck is how often the sandbox image is decided again, so a
@@ -31,6 +32,7 @@ type nriGate struct {
 	plugin  *nri.Plugin
 	sandbox *nri.SandboxGate
 	images  *nodeimages.Index
+	running *running.Tracker
 	done    chan struct{}
 }
 
@@ -73,7 +75,7 @@ func checkEnforcement(cfg *config.Config, log *slog.Logger) error {
 
 // startNRI starts the NRI plugin in enforce mode; it returns nil in
 // pull-only mode.
-func startNRI(ctx context.Context, cfg *config.Config, comp *components, srv *imageproxy.Server, log *slog.Logger) (*nriGate, error) {
+func startNRI(ctx context.Context, cfg *config.Config, comp *components, srv *imageproxy.Server, m *metrics, log *slog.Logger) (*nriGate, error) {
 	if cfg.NRI.Mode != config.NRIEnforce {
 		return nil, nil
 	}
@@ -96,6 +98,14 @@ func startNRI(ctx context.Context, cfg *config.Config, comp *components, srv *im
 	if volDir == "" {
 		volDir = imageVolumeDir(ctx, srv, log)
 	}
+	tracker := running.New(comp.engine, images, running.Options{
+		RecheckInterval:       cfg.Running.RecheckInterval.Duration,
+		Concurrency:           cfg.Running.RecheckConcurrency,
+		Protected:             cfg.Running.ProtectedNamespaces,
+		MaxEvictionsPerMinute: cfg.Running.MaxEvictionsPerMinute,
+		Observe:               m.runningContainers,
+		Logger:                log,
+	})
 	plugin := nri.New(comp.engine, images, nri.Options{
 		SocketPath:     cfg.NRI.Socket,
 		Name:           cfg.NRI.PluginName,
@@ -104,13 +114,15 @@ func startNRI(ctx context.Context, cfg *config.Config, comp *components, srv *im
 		ImageVolumeDir: volDir,
 		Logger:         log,
 		Sandboxes:      sandbox,
+		Tracker:        tracker,
 		SlowDown:       slow,
 	})
-	g := &nriGate{plugin: plugin, sandbox: sandbox, images: images, done: make(chan struct{})}
+	g := &nriGate{plugin: plugin, sandbox: sandbox, images: images, running: tracker, done: make(chan struct{})}
 	go func() {
 		defer close(g.done)
 		_ = plugin.Run(ctx)
 	}()
+	go tracker.Run(ctx)
 	go func() {
 		t := time.NewTicker(sandboxRecheck)
 		defer t.Stop()
@@ -134,6 +146,7 @@ func (g *nriGate) swap(ctx context.Context, e *enforce.Engine) {
 	g.plugin.SetDecider(e)
 	g.sandbox.SetDecider(e)
 	g.sandbox.Refresh(ctx)
+	g.running.SetDecider(e)
 }
 
 // wait waits for the plugin to have unregistered (its context ended).

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -89,7 +90,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	// The gate is set before Serve: no pull is ever made undecided.
 	srv.SetGate(imageproxy.NewEnforcer(comp.engine))
 
-	gate, err := startNRI(bgCtx, cfg, comp, srv, log)
+	gate, err := startNRI(bgCtx, cfg, comp, srv, m, log)
 	if err != nil {
 		log.Error("cannot start the NRI plugin", "error", err)
 		return 2
@@ -220,9 +221,22 @@ func (r readiness) ready(ctx context.Context) error {
 	return nil
 }
 
-// opsMux serves the operations endpoints: metrics, liveness, readiness.
+// statusPath serves the running workloads as JSON (`pullguard status`, the
+// agent).
+const statusPath = "/v1/status"
+
+// opsMux serves the operations endpoints: metrics, liveness, readiness, and
+// the running workloads.
 func opsMux(ready readiness, m *metrics) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.HandleFunc(statusPath, func(w http.ResponseWriter, _ *http.Request) {
+		if ready.nri == nil {
+			http.Error(w, "pull-only mode: pullguard does not see running containers", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(ready.nri.running.Status())
+	})
 	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
