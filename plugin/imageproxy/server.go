@@ -65,9 +65,9 @@ const (
 	methodRemoveImage    = imageServicePrefix + "RemoveImage"
 )
 
-// unaryImageMethods are the image methods of the compiled cri-api, all
-// unary: relayed with one Invoke. Unknown image methods take the streaming
-// relay, which carries any shape.
+// unaryImageMethods are the unary image methods of the compiled cri-api:
+// relayed with one Invoke. The others (StreamImages, and methods newer than
+// the compiled cri-api) take the streaming relay, which carries any shape.
 var unaryImageMethods = map[string]bool{
 	imageServicePrefix + "ListImages":  true,
 	imageServicePrefix + "ImageStatus": true,
