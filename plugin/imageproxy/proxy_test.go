@@ -604,6 +604,34 @@ func TestShutdownForcesAfterDeadline(t *testing.T) {
 	}
 }
 
+// Shutdown is not held up by the connection limit: with every slot taken and
+// a client waiting in the listen backlog, it returns, Serve returns nil, and
+// the waiting client is told the server is gone.
+func TestShutdownAtConnectionLimit(t *testing.T) {
+	h := newHarnessWith(t, Options{MaxConnections: 1}, 0)
+	if _, err := h.imageClient(t).ImageFsInfo(t.Context(), &runtimeapi.ImageFsInfoRequest{}); err != nil {
+		t.Fatalf("the client holding the only slot: %v", err)
+	}
+	queued := h.imageClient(t)
+	queuedErr := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, err := queued.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
+		queuedErr <- err
+	}()
+	start := time.Now()
+	if err := h.stopProxy(t, time.Minute); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if d := time.Since(start); d > answerWithin {
+		t.Errorf("Shutdown took %v", d)
+	}
+	if err := waitFor(t, queuedErr, "the queued client's call"); status.Code(err) != codes.Unavailable {
+		t.Errorf("the client waiting for a slot got %v, want Unavailable", err)
+	}
+}
+
 // recordingGate is a Gate for tests: it records what it was asked, with the
 // deadline it saw, and answers with decide when set, else plan and pullErr.
 type recordingGate struct {
