@@ -342,11 +342,12 @@ func memUse() (heap, total uint64) {
 	return m.HeapAlloc, m.TotalAlloc
 }
 
-// Stream-ID reuse. The old tunnel decided a stream by its first header
-// block; a block the server then rejected, followed by a second block on the
-// same stream id naming PullImage, carried a pull to containerd that nobody
-// decided. Now the stream containerd sees is one pullguard opened for a call
-// it decided: whatever grpc-go makes of a reused id (a new stream after a
+// Stream-ID reuse. The old tunnel took a second header block on a stream id
+// it had already seen for trailers and passed it on unguarded, while
+// containerd's gRPC, having rejected the first block (an unknown
+// pseudo-header), read the second as a new call: a PullImage nobody decided.
+// Now every stream containerd sees is one pullguard opened for a call it
+// decided: whatever grpc-go makes of a reused id (a new stream after a
 // rejected block, or a connection error), the pull is decided or refused.
 func TestAttackStreamIDReuse(t *testing.T) {
 	pull := func(r *rawH2) error {
@@ -420,10 +421,11 @@ func TestAttackStreamIDReuse(t *testing.T) {
 	}
 }
 
-// Duplicate and chained grpc-timeout headers. The old tunnel read the first
-// grpc-timeout and containerd the last: a deadline of 1ns made the decision
-// run out (and a fail_open rule admit) while containerd pulled with all the
-// time in the world. Now grpc-go parses the header once and that one
+// Duplicate and chained grpc-timeout headers. The old tunnel decided under
+// the shortest of the values (each one shortened its context) while
+// containerd's gRPC kept the last: with 1n then 99999999S the decision ran
+// out of time at once, where a fail_open rule admits, and containerd pulled
+// with years to spare. Now grpc-go parses the headers once and that one
 // deadline is the Gate's and containerd's: a pull whose decision ran out of
 // time is never made, even by a Gate that admits on an expired deadline.
 func TestAttackDuplicateTimeouts(t *testing.T) {
@@ -550,12 +552,12 @@ func decodeTestTimeout(v string) (time.Duration, error) {
 	return time.Duration(n) * unit, nil
 }
 
-// CONTINUATION flood. The old tunnel gathered a header block until
-// END_HEADERS and parsed what it had at every frame: a HEADERS frame followed
-// by a megabyte of CONTINUATION frames cost time quadratic in their number,
-// and one indexed field repeated thousands of times expanded to more than it
-// could hold. Now grpc-go's framer decodes each fragment once as it comes
-// and stops at MaxHeaderListSize.
+// CONTINUATION flood. The old tunnel walked a header block's frames again
+// from its HEADERS frame each time more bytes arrived: a megabyte of
+// CONTINUATION frames cost time quadratic in their number, and one indexed
+// field repeated thousands of times decoded to far more than the block.
+// Now grpc-go's framer decodes each fragment once as it comes and stops at
+// MaxHeaderListSize; zero-length fragments cost what reading them costs.
 func TestAttackContinuationFlood(t *testing.T) {
 	const floodBytes = 1 << 20
 	repeated := hpack.HeaderField{Name: "x-repeated", Value: strings.Repeat("r", 100)}
@@ -651,8 +653,9 @@ func TestAttackContinuationFlood(t *testing.T) {
 			if asked, _, _ := gate.asked(); tc.wantRefused && len(asked) != 0 {
 				t.Errorf("the Gate was asked about an oversized request: %v", asked)
 			}
-			// What a megabyte of frames may cost, whatever it expands to:
-			// the old tunnel's quadratic parse took minutes for this.
+			// What a megabyte of frames may cost in memory, whatever it
+			// decodes to. Time is bounded by answerWithin above, which a
+			// parse quadratic in the frames would far exceed.
 			if total1-total0 > 64<<20 {
 				t.Errorf("the flood made pullguard allocate %d MiB", (total1-total0)>>20)
 			}
@@ -855,8 +858,8 @@ func TestAttackPingFlood(t *testing.T) {
 
 // Many connections. Every accepted connection costs goroutines and buffers:
 // without MaxConnections, a client opening connections that never send a
-// byte made pullguard hold them all; without the handshake timeout, eight
-// such connections would lock kubelet out for good. Now at most
+// byte would have pullguard hold them all; without the handshake timeout,
+// MaxConnections such connections would lock kubelet out for good. Now at most
 // MaxConnections are accepted at once, the others wait in the listen
 // backlog, and one that does not complete HTTP/2's preface in time is
 // closed, letting the next one in.
@@ -943,8 +946,8 @@ func TestAttackManyIdleConnections(t *testing.T) {
 	})
 }
 
-// Method spellings. The old tunnel guarded a :path it recognised, and let
-// through one that containerd's gRPC would still have read as PullImage.
+// Method spellings. The old tunnel once let a :path without its leading '/'
+// through unguarded, though a gRPC server may route it all the same.
 // Now pullguard makes every call to containerd itself: a spelling it does not
 // take for PullImage reaches containerd only under a name that is not
 // PullImage there either.
