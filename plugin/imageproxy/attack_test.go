@@ -152,6 +152,7 @@ type streamEnd struct {
 
 // rawOutcome is what the server did on a raw connection.
 type rawOutcome struct {
+	settings bool // the server's SETTINGS arrived
 	ends     []streamEnd
 	resets   map[uint32]http2.ErrCode
 	goAway   bool
@@ -186,6 +187,7 @@ func (r *rawH2) readUntil(within time.Duration, done func(*rawOutcome) bool) *ra
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
 			if !f.IsAck() {
+				o.settings = true
 				_ = r.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
 			}
 		case *http2.PingFrame:
@@ -794,7 +796,7 @@ func TestAttackManyStreams(t *testing.T) {
 	r := dialRaw(t, h.sock)
 	// The server's SETTINGS (with its stream bound) is read before any
 	// stream is opened, as a client would.
-	if out := r.readUntil(answerWithin, func(o *rawOutcome) bool { return true }); out.timedOut || out.closed {
+	if out := r.readUntil(answerWithin, func(o *rawOutcome) bool { return o.settings }); !out.settings {
 		t.Fatalf("no SETTINGS: %v", out)
 	}
 	const opened = 3 * streams
@@ -873,12 +875,13 @@ func TestAttackManyIdleConnections(t *testing.T) {
 	baseline := runtime.NumGoroutine()
 
 	type life struct {
-		accepted, closed time.Time
-		err              error
+		dialled, accepted, closed time.Time
+		err                       error
 	}
 	lives := make([]life, silent)
 	var wg sync.WaitGroup
 	for i := range silent {
+		lives[i].dialled = time.Now()
 		c, err := net.Dial("unix", h.sock)
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
@@ -919,9 +922,12 @@ func TestAttackManyIdleConnections(t *testing.T) {
 			t.Errorf("silent connection %d: %v", i, l.err)
 			continue
 		}
-		held := l.closed.Sub(l.accepted)
-		// Cut by the handshake timeout: not at once, not much later.
-		if held < handshake/2 || held > handshake+answerWithin {
+		// Cut by the handshake timeout: not before it (counted from the
+		// dial, which comes before the accept), not much after it.
+		if d := l.closed.Sub(l.dialled); d < handshake {
+			t.Errorf("silent connection %d closed %v after it was dialled, before the %v timeout", i, d, handshake)
+		}
+		if held := l.closed.Sub(l.accepted); held > handshake+answerWithin {
 			t.Errorf("silent connection %d held for %v, want about %v", i, held, handshake)
 		}
 		events = append(events, event{l.accepted, 1}, event{l.closed, -1})
