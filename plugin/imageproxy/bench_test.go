@@ -7,34 +7,40 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// BenchmarkPassThrough compares the same unary calls made directly to the
-// in-process upstream and through the proxy; the difference per op is the
-// proxy's overhead. Run: go test -run '^$' -bench PassThrough ./plugin/proxy/
+// BenchmarkPassThrough compares the same image-service calls made directly
+// to the in-process upstream and through the proxy; the difference per op is
+// what the relay costs. Run:
+// go test -run '^$' -bench PassThrough ./plugin/imageproxy/
 // (integration/bench measures the same against real containerd).
 func BenchmarkPassThrough(b *testing.B) {
-	h := newHarness(b, nil, 50)
-	direct := runtimeapi.NewRuntimeServiceClient(dialTest(b, h.upstream.path))
-	proxied := runtimeapi.NewRuntimeServiceClient(dialTest(b, h.sock))
+	const images = 50
+	h := newHarness(b, nil, images)
+	direct := runtimeapi.NewImageServiceClient(dialTest(b, h.upstream.path))
+	proxied := h.imageClient(b)
 	calls := []struct {
 		name string
-		call func(runtimeapi.RuntimeServiceClient) error
+		call func(runtimeapi.ImageServiceClient) error
 	}{
-		{"Version", func(c runtimeapi.RuntimeServiceClient) error {
-			_, err := c.Version(b.Context(), &runtimeapi.VersionRequest{})
+		{"ImageFsInfo", func(c runtimeapi.ImageServiceClient) error {
+			_, err := c.ImageFsInfo(b.Context(), &runtimeapi.ImageFsInfoRequest{})
 			return err
 		}},
-		{"ListContainers50", func(c runtimeapi.RuntimeServiceClient) error {
-			r, err := c.ListContainers(b.Context(), &runtimeapi.ListContainersRequest{})
-			if err == nil && len(r.Containers) != 50 {
-				b.Fatalf("got %d containers, want 50", len(r.Containers))
+		{"ListImages50", func(c runtimeapi.ImageServiceClient) error {
+			r, err := c.ListImages(b.Context(), &runtimeapi.ListImagesRequest{})
+			if err == nil && len(r.Images) != images {
+				b.Fatalf("got %d images, want %d", len(r.Images), images)
 			}
+			return err
+		}},
+		{"ImageStatus", func(c runtimeapi.ImageServiceClient) error {
+			_, err := c.ImageStatus(b.Context(), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: "registry.example/app:v1"}})
 			return err
 		}},
 	}
 	for _, c := range calls {
 		for _, target := range []struct {
 			name   string
-			client runtimeapi.RuntimeServiceClient
+			client runtimeapi.ImageServiceClient
 		}{{"direct", direct}, {"proxy", proxied}} {
 			b.Run(c.name+"/"+target.name, func(b *testing.B) {
 				b.ReportAllocs()
@@ -48,18 +54,19 @@ func BenchmarkPassThrough(b *testing.B) {
 	}
 }
 
-// BenchmarkGuardedCreate is CreateContainer direct, through the proxy with no
-// Gate (pure frames), and through the proxy with a Gate that admits at once:
-// the last two differ by what guarding a call costs the tunnel itself.
-func BenchmarkGuardedCreate(b *testing.B) {
-	h := newHarness(b, &recordingGate{}, 0)
-	h.proxy.SetGate(nil)
-	direct := runtimeapi.NewRuntimeServiceClient(dialTest(b, h.upstream.path))
-	proxied := runtimeapi.NewRuntimeServiceClient(dialTest(b, h.sock))
-	req := &runtimeapi.CreateContainerRequest{PodSandboxId: "sb", Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c"}}}
-	run := func(b *testing.B, c runtimeapi.RuntimeServiceClient) {
+// BenchmarkPull is PullImage direct, through the proxy with no Gate (relayed
+// as raw bytes), and through the proxy with a Gate that admits at once
+// (decoded, decided, re-encoded): the last two differ by what deciding costs
+// the proxy itself.
+func BenchmarkPull(b *testing.B) {
+	h := newHarness(b, nil, 0)
+	direct := runtimeapi.NewImageServiceClient(dialTest(b, h.upstream.path))
+	proxied := h.imageClient(b)
+	req := pullRequest("registry.example/app:v1")
+	run := func(b *testing.B, c runtimeapi.ImageServiceClient) {
+		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := c.CreateContainer(b.Context(), req); err != nil {
+			if _, err := c.PullImage(b.Context(), req); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -79,4 +86,3 @@ type admitGate struct{}
 func (admitGate) AdmitPull(context.Context, *runtimeapi.PullImageRequest) (*PullPlan, error) {
 	return nil, nil
 }
-func (admitGate) AdmitCreate(context.Context, *runtimeapi.CreateContainerRequest) error { return nil }

@@ -45,9 +45,9 @@ const (
 	// maxHeaderListBytes bounds a call's decoded header list. CRI calls
 	// carry a handful of short headers.
 	maxHeaderListBytes = 64 << 10
-	// handshakeTimeout bounds a connection that never completes HTTP/2's
-	// preface.
-	handshakeTimeout = 10 * time.Second
+	// DefaultHandshakeTimeout bounds a connection that never completes
+	// HTTP/2's preface: until then it holds one of the MaxConnections.
+	DefaultHandshakeTimeout = 10 * time.Second
 	// keepaliveMinTime is the shortest ping interval a client may use
 	// without being told to go away.
 	keepaliveMinTime = 10 * time.Second
@@ -65,9 +65,9 @@ const (
 	methodRemoveImage    = imageServicePrefix + "RemoveImage"
 )
 
-// unaryImageMethods are the image methods of the compiled cri-api, all
-// unary: relayed with one Invoke. Unknown image methods take the streaming
-// relay, which carries any shape.
+// unaryImageMethods are the unary image methods of the compiled cri-api:
+// relayed with one Invoke. The others (StreamImages, and methods newer than
+// the compiled cri-api) take the streaming relay, which carries any shape.
 var unaryImageMethods = map[string]bool{
 	imageServicePrefix + "ListImages":  true,
 	imageServicePrefix + "ImageStatus": true,
@@ -88,6 +88,9 @@ type Options struct {
 	// on each. Defaults DefaultMaxConnections, DefaultMaxStreams.
 	MaxConnections int
 	MaxStreams     int
+	// HandshakeTimeout bounds how long a new connection may take to
+	// complete HTTP/2's preface. Default DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
 	// Gate decides on PullImage; nil relays it too.
 	Gate Gate
 	// OnImagesChanged is told when a pull or an image removal through
@@ -131,6 +134,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxStreams <= 0 {
 		opts.MaxStreams = DefaultMaxStreams
 	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
+	}
 	if opts.UpstreamNamespace == "" {
 		opts.UpstreamNamespace = DefaultUpstreamNamespace
 	}
@@ -170,7 +176,7 @@ func New(opts Options) (*Server, error) {
 		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
 		grpc.MaxHeaderListSize(maxHeaderListBytes),
 		grpc.MaxConcurrentStreams(uint32(opts.MaxStreams)),
-		grpc.ConnectionTimeout(handshakeTimeout),
+		grpc.ConnectionTimeout(opts.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
 	)
 	return s, nil

@@ -21,26 +21,38 @@ func TestPinnedPullIsTagged(t *testing.T) {
 		tagAs    string
 		existing *imagesapi.Image // already in containerd under the tag
 		wantName string           // containerd name that must now point at digest
+		// wantWrite is whether the tag had to be written (a warm pull
+		// finds it already naming the digest).
+		wantWrite bool
 	}{
 		{
 			name: "new tag", asked: "registry.example/app:v1", forward: "registry.example/app@" + digest,
-			tagAs: "registry.example/app:v1", wantName: "registry.example/app:v1",
+			tagAs: "registry.example/app:v1", wantName: "registry.example/app:v1", wantWrite: true,
 		},
 		{
 			name: "familiar name normalised", asked: "app:v1", forward: "app@" + digest,
-			tagAs: "app:v1", wantName: "docker.io/library/app:v1",
+			tagAs: "app:v1", wantName: "docker.io/library/app:v1", wantWrite: true,
 		},
 		{
 			name: "client already asked by digest", asked: "registry.example/app@" + digest,
-			tagAs: "registry.example/app:v1", wantName: "registry.example/app:v1",
+			tagAs: "registry.example/app:v1", wantName: "registry.example/app:v1", wantWrite: true,
 		},
 		{
 			name: "existing tag moved, other labels kept", asked: "registry.example/app:v1", forward: "registry.example/app@" + digest,
-			tagAs: "registry.example/app:v1", wantName: "registry.example/app:v1",
+			tagAs: "registry.example/app:v1", wantName: "registry.example/app:v1", wantWrite: true,
 			existing: &imagesapi.Image{
 				Name:   "registry.example/app:v1",
 				Target: &types.Descriptor{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: otherDigest, Size: 1},
 				Labels: map[string]string{"io.cri-containerd.pinned": "pinned"},
+			},
+		},
+		{
+			name: "warm pull: tag already names the digest", asked: "registry.example/app:v1", forward: "registry.example/app@" + digest,
+			tagAs: "registry.example/app:v1", wantName: "registry.example/app:v1",
+			existing: &imagesapi.Image{
+				Name:   "registry.example/app:v1",
+				Target: &types.Descriptor{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest, Size: 1},
+				Labels: map[string]string{criImageLabel: criImageLabelValue, "io.cri-containerd.pinned": "pinned"},
 			},
 		},
 	}
@@ -64,6 +76,17 @@ func TestPinnedPullIsTagged(t *testing.T) {
 			if resp.ImageRef != testImageID {
 				t.Errorf("ImageRef = %q, want containerd's %q", resp.ImageRef, testImageID)
 			}
+			wantPulled := tc.forward
+			if wantPulled == "" {
+				wantPulled = tc.asked
+			}
+			if pulls := h.upstream.recordedPulls(); len(pulls) != 1 || pulls[0].GetImage().GetImage() != wantPulled {
+				t.Errorf("containerd pulled %v, want only %s", pulls, wantPulled)
+			}
+			writes := len(h.upstream.callsTo(imagesCreate)) + len(h.upstream.callsTo(imagesUpdate))
+			if (writes > 0) != tc.wantWrite {
+				t.Errorf("%d image writes, want a write: %v", writes, tc.wantWrite)
+			}
 			tagged, ok := h.upstream.image(tc.wantName)
 			if !ok {
 				t.Fatalf("no image named %s in containerd", tc.wantName)
@@ -84,6 +107,11 @@ func TestPinnedPullIsTagged(t *testing.T) {
 		})
 	}
 }
+
+const (
+	imagesCreate = "/containerd.services.images.v1.Images/Create"
+	imagesUpdate = "/containerd.services.images.v1.Images/Update"
+)
 
 func TestPinnedPullFailures(t *testing.T) {
 	digest := "sha256:" + strings.Repeat("d", 64)
