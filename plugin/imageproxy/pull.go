@@ -13,7 +13,7 @@ import (
 // pointing at what was pulled.
 func (s *Server) pullImage(ss grpc.ServerStream) error {
 	var raw frame
-	if err := ss.RecvMsg(&raw); err != nil {
+	if err := recvRequest(ss, &raw); err != nil {
 		return err
 	}
 	defer raw.free()

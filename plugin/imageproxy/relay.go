@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -44,9 +45,54 @@ func (s *Server) handle(_ any, ss grpc.ServerStream) error {
 
 // hopHeaders are metadata keys that belong to one connection: grpc-go sets
 // its own on pullguard's call, and a client's must not reach containerd.
+// containerd-namespace selects containerd's namespace: pullguard's calls
+// are made in the CRI's, never in one a client names.
 var hopHeaders = map[string]bool{
 	"content-type": true, "user-agent": true, "te": true, "connection": true,
 	"grpc-accept-encoding": true, "grpc-encoding": true, "grpc-timeout": true,
+	"containerd-namespace": true,
+}
+
+// firstMessageTimeout bounds how long a unary call's request may take to
+// arrive after its headers: kubelet sends both at once, and a client that
+// opens calls and never sends would otherwise hold them, and its
+// connection, for ever.
+const firstMessageTimeout = 30 * time.Second
+
+// recvRequest reads a unary call's one request into m, within
+// firstMessageTimeout. On timeout the handler returns, which ends the call;
+// the message is read into a frame of the reader's own, so a late one is
+// freed there, never written into m after the handler has moved on.
+func recvRequest(ss grpc.ServerStream, m *frame) error {
+	type result struct {
+		f   frame
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var f frame
+		err := ss.RecvMsg(&f)
+		done <- result{f, err}
+	}()
+	t := time.NewTimer(firstMessageTimeout)
+	defer t.Stop()
+	var err error
+	select {
+	case r := <-done:
+		if r.err == nil {
+			*m = r.f
+		}
+		return r.err
+	case <-t.C:
+		err = status.Errorf(codes.DeadlineExceeded, "pullguard: the request message did not arrive within %s of its headers", firstMessageTimeout)
+	case <-ss.Context().Done():
+		err = status.FromContextError(ss.Context().Err()).Err()
+	}
+	go func() {
+		r := <-done
+		r.f.free()
+	}()
+	return err
 }
 
 // outgoingContext carries the client's application metadata to pullguard's
@@ -69,7 +115,7 @@ func outgoingContext(ctx context.Context) context.Context {
 // forwardUnary relays one request and one response without decoding either.
 func (s *Server) forwardUnary(ss grpc.ServerStream, method string) error {
 	var req frame
-	if err := ss.RecvMsg(&req); err != nil {
+	if err := recvRequest(ss, &req); err != nil {
 		return err
 	}
 	defer req.free()

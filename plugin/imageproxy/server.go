@@ -51,6 +51,8 @@ const (
 	// keepaliveMinTime is the shortest ping interval a client may use
 	// without being told to go away.
 	keepaliveMinTime = 10 * time.Second
+	// maxConnectionIdle closes connections that carry no call.
+	maxConnectionIdle = 5 * time.Minute
 )
 
 // upstreamMaxBackoff caps the reconnect delay to containerd, so that calls
@@ -178,6 +180,10 @@ func New(opts Options) (*Server, error) {
 		grpc.MaxConcurrentStreams(uint32(opts.MaxStreams)),
 		grpc.ConnectionTimeout(opts.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
+		// A connection with no call for this long is closed, so idle ones
+		// cannot hold the connection slots; kubelet's client reconnects on
+		// its next call.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: maxConnectionIdle}),
 	)
 	return s, nil
 }
