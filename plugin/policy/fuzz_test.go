@@ -9,6 +9,8 @@ import (
 
 func FuzzParseYAML(f *testing.F) {
 	files, _ := filepath.Glob(filepath.Join("testdata", "*.yaml"))
+	portieris, _ := filepath.Glob(filepath.Join("testdata", "portieris*", "*.yaml"))
+	files = append(files, portieris...)
 	for _, name := range files {
 		if b, err := os.ReadFile(name); err == nil {
 			f.Add(b)
