@@ -135,8 +135,8 @@ func (c *Config) Validate() error {
 
 	// [running]
 	checkDuration(add, "[running] recheck_interval", c.Running.RecheckInterval, 0)
-	if c.Running.RecheckInterval.Duration > 0 && c.Running.RecheckInterval.Duration < time.Minute {
-		add("[running] recheck_interval %s: at least 1m (every running image is verified again each time)", c.Running.RecheckInterval.Duration)
+	if c.Running.RecheckInterval.Duration > 0 && c.Running.RecheckInterval.Duration < time.Second {
+		add("[running] recheck_interval %s: at least 1s (every running image is verified again each time)", c.Running.RecheckInterval.Duration)
 	}
 	if c.Running.RecheckConcurrency < 1 || c.Running.RecheckConcurrency > 64 {
 		add("[running] recheck_concurrency %d: want 1 to 64", c.Running.RecheckConcurrency)

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/pullguard/pullguard/plugin/policy"
 )
@@ -22,6 +23,9 @@ func (c *Config) Warnings() []string {
 	}
 	if c.NRI.Mode == NRIEnforce && c.NRI.ContainerdConfig == "" {
 		out = append(out, "[nri] containerd_config is empty: pullguard cannot check that containerd requires it; if containerd's default validator does not list it in required_plugins, containers start while pullguard is down")
+	}
+	if d := c.Running.RecheckInterval.Duration; d > 0 && d < time.Minute {
+		out = append(out, fmt.Sprintf("[running] recheck_interval %s: every running image is verified against its registry that often", d))
 	}
 	if len(c.Registry.PlainHTTP) > 0 {
 		out = append(out, fmt.Sprintf("[registry] plain_http %q: these registries are reached without TLS (testing only)", c.Registry.PlainHTTP))

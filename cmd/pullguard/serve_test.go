@@ -94,9 +94,14 @@ func writeConfig(t *testing.T, path, socket, metrics, policies string) {
 	body := fmt.Sprintf(`
 [server]
 socket = %q
+admin_socket = %q
 upstream = %q
 shutdown_timeout = "2s"
 state_dir = %q
+# The stand-in containerd has no NRI: the create-time gate is tested on real containerd
+# (integration/e2e).
+[nri]
+mode = "pull-only"
 [log]
 format = "json"
 [metrics]
@@ -105,7 +110,7 @@ address = %q
 dir = ""
 [cache]
 persist = false
-%s`, socket, filepath.Join(filepath.Dir(socket), "containerd.sock"), filepath.Dir(socket), metrics, policies)
+%s`, socket, filepath.Join(filepath.Dir(socket), "admin.sock"), filepath.Join(filepath.Dir(socket), "containerd.sock"), filepath.Dir(socket), metrics, policies)
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
@@ -272,14 +277,18 @@ func TestServeHealthReadyAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := runtimeapi.NewRuntimeServiceClient(conn).Version(context.Background(), &runtimeapi.VersionRequest{}); status.Code(err) != codes.Unavailable {
-		t.Fatalf("Version with no containerd: %v, want Unavailable", err)
+	if _, err := runtimeapi.NewImageServiceClient(conn).ImageFsInfo(context.Background(), &runtimeapi.ImageFsInfoRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("ImageFsInfo with no containerd: %v, want Unavailable", err)
+	}
+	// Runtime calls never cross pullguard.
+	if _, err := runtimeapi.NewRuntimeServiceClient(conn).Version(context.Background(), &runtimeapi.VersionRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("Version on pullguard's socket: %v, want Unimplemented", err)
 	}
 	_, body := get("/metrics")
 	for _, want := range []string{
 		`pullguard_decisions_total{category="SignatureValidationFailed",namespace="",op="pull",verdict="deny"} 1`,
 		"pullguard_decision_duration_seconds_bucket",
-		`pullguard_upstream_errors_total{code="Unavailable",method=""} `, // 1, or 2 when the earlier pull's connection saw containerd go too
+		`pullguard_upstream_errors_total{code="Unavailable",method="/runtime.v1.ImageService/ImageFsInfo"} 1`,
 		"pullguard_facts_cache_hits_total",
 	} {
 		if !strings.Contains(body, want) {
@@ -349,5 +358,45 @@ func TestValidateConfigAndCheckExitCodes(t *testing.T) {
 	}
 	if code := run([]string{"check", "--config", locked, "Not::An/Image"}, &out, &errb); code != 2 {
 		t.Fatalf("check malformed image: exit %d, want 2", code)
+	}
+}
+
+// TestServeAdminSocket: the operations endpoints are served on a root-only unix socket, which
+// the installer waits on and `pullguard status` reads, with no TCP port configured.
+func TestServeAdminSocket(t *testing.T) {
+	s := startServe(t, denyAll)
+	admin := filepath.Join(s.dir, "admin.sock")
+	fi, err := os.Stat(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin socket mode %o, want 0600", fi.Mode().Perm())
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", admin)
+	}}}
+	get := func(path string) (int, string) {
+		resp, err := client.Get("http://pullguard" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz on the admin socket = %d", code)
+	}
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "containerd not ready") {
+		t.Errorf("/readyz with the stand-in containerd = %d %q, want 503 naming containerd", code, body)
+	}
+	if code, body := get(statusPath); code != http.StatusNotFound || !strings.Contains(body, "pull-only") {
+		t.Errorf("%s in pull-only mode = %d %q, want 404 saying why", statusPath, code, body)
+	}
+	var out, errb bytes.Buffer
+	if code := runStatus(context.Background(), []string{"--socket", admin}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "pull-only") {
+		t.Errorf("pullguard status in pull-only mode: exit %d, want 2 with the reason: %s%s", code, out.String(), errb.String())
 	}
 }

@@ -72,6 +72,8 @@ type entry struct {
 	trust   bool
 	signers []string
 	va      *vaKnobs
+	// running and evictAfter: what happens to a running container no longer admitted.
+	running, evictAfter string
 }
 
 type vaKnobs struct {
@@ -93,6 +95,12 @@ func policyTOML(name, ns string, entries ...entry) string {
 	}
 	for _, e := range entries {
 		fmt.Fprintf(&b, "  [[policies.repositories]]\n  name = %q\n", e.name)
+		if e.running != "" {
+			fmt.Fprintf(&b, "  running = %q\n", e.running)
+		}
+		if e.evictAfter != "" {
+			fmt.Fprintf(&b, "  evict_after = %q\n", e.evictAfter)
+		}
 		if e.trust {
 			b.WriteString("    [policies.repositories.policy.trust]\n    enabled = true\n")
 			if len(e.signers) > 0 {
