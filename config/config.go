@@ -225,14 +225,14 @@ const (
 
 // Cache is [cache]: the decision facts cache.
 type Cache struct {
-	Size    int      `toml:"size"`
-	TTL     Duration `toml:"ttl"`
+	Size int      `toml:"size"`
+	TTL  Duration `toml:"ttl"`
 	// NegativeTTL is how long "nothing verified" facts are kept (no valid signature found, no
 	// scan report attached): short, so an image signed or scanned a moment after a denial is
 	// admitted on the next try.
 	NegativeTTL Duration `toml:"negative_ttl"`
-	Persist bool     `toml:"persist"` // keep facts across restarts in File
-	File    string   `toml:"file"`    // "" = <server.state_dir>/facts.json
+	Persist     bool     `toml:"persist"` // keep facts across restarts in File
+	File        string   `toml:"file"`    // "" = <server.state_dir>/facts.json
 }
 
 // CacheFile is where cached facts persist, or "" when persistence is off.

@@ -171,7 +171,6 @@ func TestBypassPulledForPermissiveNamespaceCreatedInStrict(t *testing.T) {
 	}
 }
 
-
 func TestBypassImportedIntoContainerd(t *testing.T) {
 	t.Parallel()
 	b := ownBed(t)
@@ -395,7 +394,6 @@ func TestBypassImageVolumeMount(t *testing.T) {
 	}
 	assertNoContainers(t, ctx, b, pod, "signedvol", "novol")
 }
-
 
 func TestBypassPullWithoutSandboxConfig(t *testing.T) {
 	t.Parallel()

@@ -98,10 +98,14 @@ func TestVerdicts(t *testing.T) {
 		{name: "registry outage changes nothing", ns: "team", first: admit(), second: deny(enforce.RegistryUnavailable, "connection refused"),
 			verdict: Admitted},
 		{name: "not verified yet changes nothing", ns: "team", first: admit(),
-			second: func() *enforce.Decision { d := deny(enforce.SignatureValidationFailed, "not verified"); d.NotVerified = true; return d }(),
+			second: func() *enforce.Decision {
+				d := deny(enforce.SignatureValidationFailed, "not verified")
+				d.NotVerified = true
+				return d
+			}(),
 			verdict: Admitted},
 		{name: "fail_open changes nothing", ns: "team", first: deny(enforce.SignatureValidationFailed, "unsigned"),
-			second: func() *enforce.Decision { d := admit(); d.FailedOpen = true; return d }(),
+			second:  func() *enforce.Decision { d := admit(); d.FailedOpen = true; return d }(),
 			verdict: Denied, evictAt: true},
 		{name: "admitted again", ns: "team", first: deny(enforce.SignatureValidationFailed, "unsigned"), second: admit(),
 			verdict: Admitted, logged: "running container admitted again"},
@@ -110,10 +114,18 @@ func TestVerdicts(t *testing.T) {
 		{name: "static pod only reports", ns: "team", static: true, first: admit(), second: deny(enforce.SignatureValidationFailed, "unsigned"),
 			verdict: Denied, noEviction: "static pod", logged: "running container no longer admitted"},
 		{name: "audit mode only reports", ns: "team", first: admit(),
-			second: func() *enforce.Decision { d := admit(); d.Audited, d.Category = true, enforce.SignatureValidationFailed; return d }(),
+			second: func() *enforce.Decision {
+				d := admit()
+				d.Audited, d.Category = true, enforce.SignatureValidationFailed
+				return d
+			}(),
 			verdict: Denied, noEviction: "audit mode", logged: "running container no longer admitted"},
 		{name: "report action", ns: "team", first: admit(),
-			second: func() *enforce.Decision { d := deny(enforce.SignatureValidationFailed, "x"); d.Running = policy.RunningReport; return d }(),
+			second: func() *enforce.Decision {
+				d := deny(enforce.SignatureValidationFailed, "x")
+				d.Running = policy.RunningReport
+				return d
+			}(),
 			verdict: Denied, logged: "running container no longer admitted"},
 	}
 	for _, tc := range tests {
