@@ -83,8 +83,8 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	cfg, pol, trust := src.paths()
 	res, err := installer.Install(ctx, installer.Options{
 		Root: root, Binary: *binary, ConfigFile: cfg, PoliciesDir: pol, TruststoreDir: trust,
-		Validate: func(_ context.Context, b *bundle.Bundle, upstream string) error {
-			return b.Validate(root, upstream)
+		Validate: func(_ context.Context, b *bundle.Bundle, node hoststate.Node) error {
+			return b.Validate(root, node)
 		},
 		KubeletConfig: *kubeletConfig,
 		Services:      installer.Systemd{HostRoot: src.hostRoot},

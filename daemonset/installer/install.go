@@ -24,10 +24,10 @@ import (
 	"github.com/pullguard/pullguard/daemonset/hoststate"
 )
 
-// Validator checks a config bundle, with the node's upstream endpoint
-// substituted, before it goes anywhere near the host.
-// (*bundle.Bundle).Validate is the real one.
-type Validator func(ctx context.Context, b *bundle.Bundle, upstream string) error
+// Validator checks a config bundle, with the node's settings substituted,
+// before it goes anywhere near the host. (*bundle.Bundle).Validate is the
+// real one.
+type Validator func(ctx context.Context, b *bundle.Bundle, node hoststate.Node) error
 
 // Options configures Install and Uninstall.
 type Options struct {
@@ -129,7 +129,7 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 		res.Upstream = kub.runtimeEndpoint
 	}
 	if opts.Validate != nil {
-		if err := opts.Validate(ctx, b, res.Upstream); err != nil {
+		if err := opts.Validate(ctx, b, hoststate.Node{Upstream: res.Upstream}); err != nil {
 			return nil, fmt.Errorf("install: config rejected, nothing on the host was changed, kubelet untouched: %w", err)
 		}
 	}
@@ -147,7 +147,7 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
-	cfgChanged, err := b.WriteToHost(root, res.Upstream)
+	cfgChanged, err := b.WriteToHost(root, hoststate.Node{Upstream: res.Upstream})
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}

@@ -233,7 +233,7 @@ func TestInstallUninstallLayouts(t *testing.T) {
 			svc := newFakeServices(t, root)
 			opts := source(t, "pullguard-binary-v1", srcConfig)
 			opts.Root, opts.Services, opts.KubeletConfig = root, svc, tc.kubeletCfg
-			opts.Validate = func(_ context.Context, b *bundle.Bundle, upstream string) error { return b.Validate(root, upstream) }
+			opts.Validate = func(_ context.Context, b *bundle.Bundle, node hoststate.Node) error { return b.Validate(root, node) }
 
 			res, err := Install(ctx, opts)
 			if err != nil {
@@ -415,7 +415,7 @@ func TestInstallFailureLeavesKubeletUntouched(t *testing.T) {
 		}, "start pullguard"},
 		{"kubelet restart fails", func(f *fakeServices, o *Options) { f.fail["restart kubelet.service"] = errors.New("kubelet exited") }, "restart kubelet"},
 		{"config rejected", func(f *fakeServices, o *Options) {
-			o.Validate = func(context.Context, *bundle.Bundle, string) error { return errors.New("unknown key server.bogus") }
+			o.Validate = func(context.Context, *bundle.Bundle, hoststate.Node) error { return errors.New("unknown key server.bogus") }
 		}, "unknown key server.bogus"},
 	}
 	for _, tc := range tests {
