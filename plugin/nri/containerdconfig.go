@@ -2,6 +2,7 @@ package nri
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -221,6 +222,11 @@ func globImport(fsys fs.FS, parent, imp string) ([]string, error) {
 func readBounded(fsys fs.FS, p string) ([]byte, error) {
 	f, err := fsys.Open(strings.TrimPrefix(p, "/"))
 	if err != nil {
+		// The fs.FS path lacks the leading '/': name the file as the node does.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
 		return nil, fmt.Errorf("read containerd config %s: %w", p, err)
 	}
 	defer f.Close()
