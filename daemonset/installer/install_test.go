@@ -964,7 +964,9 @@ func TestUpgradeToBrokenBinaryRollsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	wired := snapshot(t, root, "/var/lib/kubelet", "/etc/containerd")
+	cfg := read(t, root, hoststate.ConfigPath)
 	must(t, os.WriteFile(opts.Binary, []byte("v2-broken"), 0o755))
+	must(t, os.WriteFile(opts.ConfigFile, []byte(srcConfig+"\n[log]\nlevel = \"debug\"\n"), 0o644))
 	f.broken = true
 	opts.ReadyTimeout = time.Second
 	_, err := Install(context.Background(), opts)
@@ -973,6 +975,9 @@ func TestUpgradeToBrokenBinaryRollsBack(t *testing.T) {
 	}
 	if got := read(t, root, hoststate.BinaryPath); got != "pullguard-binary-v1" {
 		t.Errorf("binary after failed upgrade = %q, want v1 back", got)
+	}
+	if got := read(t, root, hoststate.ConfigPath); got != cfg {
+		t.Errorf("config after failed upgrade:\n%s\nwant the previous one back", got)
 	}
 	if diff := diffSnap(wired, snapshot(t, root, "/var/lib/kubelet", "/etc/containerd")); diff != "" {
 		t.Errorf("a failed upgrade changed kubelet's or containerd's files: %s", diff)
