@@ -1071,3 +1071,36 @@ func TestUnit(t *testing.T) {
 		}
 	}
 }
+
+func TestUninstallOfAnEarlierPullguardThatTookTheRuntimeEndpoint(t *testing.T) {
+	// What an earlier install left: kubelet's both endpoints at pullguard,
+	// a state without any of containerd's side, the original backed up.
+	root, f, opts := setup(t, map[string]string{"/var/lib/kubelet/config.yaml": oldLayoutConfig, hoststate.BinaryPath: "old"}, "default-2.4.2", containerd242)
+	backup := hoststate.BackupDir + "/" + backupName("/var/lib/kubelet/config.yaml")
+	must(t, os.MkdirAll(root.Path(hoststate.BackupDir), 0o700))
+	must(t, os.WriteFile(root.Path(backup), []byte(plainConfig), 0o600))
+	old := `{"version": 1, "layout": "kubelet-config", "upstream": "unix:///run/containerd/containerd.sock", "socket": "/run/pullguard/pullguard.sock",
+  "kubeletWired": true, "backups": [{"hostPath": "/var/lib/kubelet/config.yaml", "backupPath": "` + backup + `", "mode": 416}]}`
+	must(t, os.WriteFile(root.Path(hoststate.StatePath), []byte(old), 0o600))
+	must(t, os.MkdirAll(filepath.Dir(root.Path(hoststate.UnitPath)), 0o755))
+	must(t, os.WriteFile(root.Path(hoststate.UnitPath), []byte(unitFile), 0o644))
+
+	// install refuses, changing nothing.
+	snap := snapshot(t, root, "/")
+	if _, err := Install(context.Background(), opts); err == nil || !strings.Contains(err.Error(), "pullguard uninstall") {
+		t.Fatalf("install over the earlier layout: %v", err)
+	}
+	if diff := diffSnap(snap, snapshot(t, root, "/")); diff != "" {
+		t.Errorf("refused install changed %s", diff)
+	}
+	// uninstall puts kubelet back, then install works.
+	if err := Uninstall(context.Background(), Options{Root: root, Services: f}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, root, "/var/lib/kubelet/config.yaml"); got != plainConfig {
+		t.Errorf("kubelet's config after uninstall:\n%s", got)
+	}
+	if _, err := Install(context.Background(), opts); err != nil {
+		t.Fatalf("install after uninstall: %v", err)
+	}
+}
