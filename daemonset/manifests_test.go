@@ -369,7 +369,7 @@ func TestConfigMapContentIsValid(t *testing.T) {
 	if c.Policy.Dir != hoststate.PoliciesPath {
 		t.Errorf("[policy] dir = %q, want %q", c.Policy.Dir, hoststate.PoliciesPath)
 	}
-	if err := b.Validate(hoststate.Root(t.TempDir()), ""); err != nil {
+	if err := b.Validate(hoststate.Root(t.TempDir()), hoststate.Node{}); err != nil {
 		t.Fatalf("ConfigMap content does not validate: %v", err)
 	}
 	var policies []policy.Policy

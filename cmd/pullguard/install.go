@@ -63,7 +63,10 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	src.register(fs)
 	binary := fs.String("binary", "", "pullguard binary to install on the host (default: this executable)")
 	kubeletConfig := fs.String("kubelet-config", "", "host path of kubelet's KubeletConfiguration when not in a usual place")
-	readyTimeout := fs.Duration("ready-timeout", 60*time.Second, "how long to wait for pullguard to answer before giving up (kubelet untouched)")
+	containerdConfig := fs.String("containerd-config", installer.DefaultContainerdConfig, "host path of containerd's main config file")
+	pullOnly := fs.Bool("pull-only", false, "enforce at pull time only, for runtimes without NRI validation (containerd < 2.2): "+
+		"containerd's config is not touched and containers are created without asking pullguard")
+	readyTimeout := fs.Duration("ready-timeout", 60*time.Second, "how long to wait for pullguard to be ready before undoing the install (kubelet untouched)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -83,21 +86,28 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	cfg, pol, trust := src.paths()
 	res, err := installer.Install(ctx, installer.Options{
 		Root: root, Binary: *binary, ConfigFile: cfg, PoliciesDir: pol, TruststoreDir: trust,
-		Validate: func(_ context.Context, b *bundle.Bundle, upstream string) error {
-			return b.Validate(root, upstream)
+		Validate: func(_ context.Context, b *bundle.Bundle, node hoststate.Node) error {
+			return b.Validate(root, node)
 		},
-		KubeletConfig: *kubeletConfig,
-		Services:      installer.Systemd{HostRoot: src.hostRoot},
-		Probe:         installer.CRIProber{},
-		ReadyTimeout:  *readyTimeout,
-		Logger:        jsonLogger(stderr),
+		KubeletConfig:    *kubeletConfig,
+		ContainerdConfig: *containerdConfig,
+		PullOnly:         *pullOnly,
+		Services:         installer.Systemd{HostRoot: src.hostRoot},
+		Probe:            installer.CRIProber{},
+		ReadyTimeout:     *readyTimeout,
+		Logger:           jsonLogger(stderr),
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "pullguard", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "pullguard installed: layout=%s kubelet endpoint=%s upstream=%s changed=%t kubelet rewired=%t\n",
-		res.Layout, res.Endpoint, res.Upstream, res.Changed, res.KubeletRewired)
+	fmt.Fprintf(stdout, "pullguard installed: mode=%s layout=%s kubelet image endpoint=%s runtime endpoint (upstream)=%s runtime=%s %s drop-in=%s "+
+		"changed=%t containerd restarted=%t kubelet rewired=%t\n",
+		res.Mode, res.Layout, res.Endpoint, res.Upstream, res.Runtime.Name, res.Runtime.Version, res.DropIn,
+		res.Changed, res.ContainerdChanged, res.KubeletRewired)
+	for _, w := range res.Warnings {
+		fmt.Fprintln(stdout, "WARNING:", w)
+	}
 	return 0
 }
 
@@ -106,21 +116,23 @@ func runUninstall(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.SetOutput(stderr)
 	hostRoot := fs.String("host-root", defaultHostRoot, "the node's / as mounted in this container")
 	kubeletConfig := fs.String("kubelet-config", "", "host path of kubelet's KubeletConfiguration when not in a usual place")
+	containerdConfig := fs.String("containerd-config", installer.DefaultContainerdConfig, "host path of containerd's main config file (when install recorded none)")
 	wait := fs.Bool("wait", false, "after uninstalling, block until terminated (lets the uninstall DaemonSet's pod stay Running)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	err := installer.Uninstall(ctx, installer.Options{
-		Root:          hoststate.Root(*hostRoot),
-		KubeletConfig: *kubeletConfig,
-		Services:      installer.Systemd{HostRoot: *hostRoot},
-		Logger:        jsonLogger(stderr),
+		Root:             hoststate.Root(*hostRoot),
+		KubeletConfig:    *kubeletConfig,
+		ContainerdConfig: *containerdConfig,
+		Services:         installer.Systemd{HostRoot: *hostRoot},
+		Logger:           jsonLogger(stderr),
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "pullguard", err)
 		return 1
 	}
-	fmt.Fprintln(stdout, "pullguard uninstalled: kubelet restored, service and files removed")
+	fmt.Fprintln(stdout, "pullguard uninstalled: kubelet and containerd restored, service and files removed")
 	if *wait {
 		<-ctx.Done()
 	}

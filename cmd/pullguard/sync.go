@@ -25,8 +25,8 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, pol, trust := src.paths()
 	s, err := configsync.New(configsync.Options{
 		Root: root, ConfigFile: cfg, PoliciesDir: pol, TruststoreDir: trust, Interval: *interval,
-		Validate: func(_ context.Context, b *bundle.Bundle, upstream string) error {
-			return b.Validate(root, upstream)
+		Validate: func(_ context.Context, b *bundle.Bundle, node hoststate.Node) error {
+			return b.Validate(root, node)
 		},
 		Logger: jsonLogger(stderr),
 	})

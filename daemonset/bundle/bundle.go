@@ -164,16 +164,13 @@ func stableDir(dir string) string {
 // WriteToHost installs the bundle under root: the policies (and managed
 // trust stores) as directories that /etc/pullguard/policies (and
 // /etc/pullguard/truststore), symlinks, are swapped to in one rename each,
-// then config.toml via temp file and rename. When upstream is not empty it
-// replaces [server].upstream (the node's runtime endpoint is a fact of the
-// node, not of the ConfigMap). It reports whether anything changed.
-func (b *Bundle) WriteToHost(root hoststate.Root, upstream string) (bool, error) {
-	cfg := b.Config
-	if upstream != "" {
-		var err error
-		if cfg, err = hoststate.SetUpstream(cfg, upstream); err != nil {
-			return false, fmt.Errorf("set upstream in config: %w", err)
-		}
+// then config.toml via temp file and rename. The node's settings replace
+// the ConfigMap's (the runtime endpoint and containerd's NRI side are facts
+// of the node). It reports whether anything changed.
+func (b *Bundle) WriteToHost(root hoststate.Root, node hoststate.Node) (bool, error) {
+	cfg, err := b.NodeConfig(node)
+	if err != nil {
+		return false, err
 	}
 	confDir := root.Path(hoststate.ConfigDir)
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
@@ -205,6 +202,16 @@ func (b *Bundle) WriteToHost(root hoststate.Root, upstream string) (bool, error)
 		return false, fmt.Errorf("install config: %w", err)
 	}
 	return true, nil
+}
+
+// NodeConfig is the bundle's config.toml with the node's settings in it, as
+// WriteToHost writes it.
+func (b *Bundle) NodeConfig(node hoststate.Node) ([]byte, error) {
+	cfg, err := hoststate.SetNode(b.Config, node)
+	if err != nil {
+		return nil, fmt.Errorf("set the node's settings in config.toml: %w", err)
+	}
+	return cfg, nil
 }
 
 // managesTruststores says whether the bundle owns /etc/pullguard/truststore

@@ -91,25 +91,35 @@ func TestReadBounds(t *testing.T) {
 	}
 }
 
+// k3sNode is a node whose runtime and NRI socket are not the defaults.
+var k3sNode = hoststate.Node{
+	Upstream: "unix:///run/k3s/containerd/containerd.sock",
+	NRIMode:  "enforce",
+	NRI:      &hoststate.NodeNRI{Socket: "/run/k3s/nri/nri.sock", ContainerdConfig: "/var/lib/rancher/k3s/agent/etc/containerd/config.toml", SandboxImage: "registry.k8s.io/pause:3.9"},
+}
+
 func TestWriteToHostSwapsPoliciesAndSetsUpstream(t *testing.T) {
 	root := hoststate.Root(t.TempDir())
 	b := &Bundle{Config: []byte(goodConfig), Policies: map[string][]byte{"a.yaml": []byte(clusterPolicy)}}
-	changed, err := b.WriteToHost(root, "unix:///run/k3s/containerd/containerd.sock")
+	changed, err := b.WriteToHost(root, k3sNode)
 	if err != nil || !changed {
 		t.Fatalf("first write: %v, %v", changed, err)
 	}
 	cfg, _ := os.ReadFile(root.Path(hoststate.ConfigPath))
-	if !strings.Contains(string(cfg), `upstream = "unix:///run/k3s/containerd/containerd.sock"`) {
-		t.Errorf("upstream not overridden:\n%s", cfg)
+	for _, want := range []string{`upstream = "unix:///run/k3s/containerd/containerd.sock"`, `socket = "/run/k3s/nri/nri.sock"`,
+		`containerd_config = "/var/lib/rancher/k3s/agent/etc/containerd/config.toml"`, `sandbox_image = "registry.k8s.io/pause:3.9"`, `mode = "enforce"`} {
+		if !strings.Contains(string(cfg), want) {
+			t.Errorf("node setting %s not written:\n%s", want, cfg)
+		}
 	}
 	if got, _ := os.ReadFile(root.Path(hoststate.PoliciesPath + "/a.yaml")); string(got) != clusterPolicy {
 		t.Errorf("policy = %q", got)
 	}
-	if changed, err := b.WriteToHost(root, "unix:///run/k3s/containerd/containerd.sock"); err != nil || changed {
+	if changed, err := b.WriteToHost(root, k3sNode); err != nil || changed {
 		t.Errorf("same bundle again: changed=%v err=%v", changed, err)
 	}
 	b.Policies = map[string][]byte{"b.yaml": []byte(clusterPolicy)}
-	if changed, err := b.WriteToHost(root, ""); err != nil || !changed {
+	if changed, err := b.WriteToHost(root, hoststate.Node{}); err != nil || !changed {
 		t.Fatalf("new policies: %v, %v", changed, err)
 	}
 	entries, _ := os.ReadDir(root.Path(hoststate.PoliciesPath))
@@ -132,7 +142,7 @@ func TestWriteToHostReplacesARealPoliciesDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &Bundle{Config: []byte(goodConfig), Policies: map[string][]byte{"a.yaml": []byte(clusterPolicy)}}
-	if _, err := b.WriteToHost(root, ""); err != nil {
+	if _, err := b.WriteToHost(root, hoststate.Node{}); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Lstat(root.Path(hoststate.PoliciesPath)); err != nil || fi.Mode()&os.ModeSymlink == 0 {
@@ -141,22 +151,25 @@ func TestWriteToHostReplacesARealPoliciesDir(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
+	upNode := hoststate.Node{Upstream: "unix:///run/containerd/containerd.sock"}
 	tests := []struct {
 		name     string
 		config   string
 		policies map[string]string
 		wantErr  string
+		node     hoststate.Node
 	}{
-		{"good", goodConfig, map[string]string{"c.yaml": clusterPolicy}, ""},
-		{"unknown key", goodConfig + "[log]\nbogus = 1\n", nil, "bogus"},
-		{"bad toml", "[server\n", nil, "config.toml"},
-		{"bad policy", goodConfig, map[string]string{"c.yaml": "kind: ClusterImagePolicy\nspec: [\n"}, "c.yaml"},
+		{"good", goodConfig, map[string]string{"c.yaml": clusterPolicy}, "", upNode},
+		{"node settings checked", goodConfig, nil, "[nri] socket", hoststate.Node{NRIMode: "enforce", NRI: &hoststate.NodeNRI{Socket: "nri.sock"}}},
+		{"unknown key", goodConfig + "[log]\nbogus = 1\n", nil, "bogus", upNode},
+		{"bad toml", "[server\n", nil, "config.toml", upNode},
+		{"bad policy", goodConfig, map[string]string{"c.yaml": "kind: ClusterImagePolicy\nspec: [\n"}, "c.yaml", upNode},
 		{"unknown signer", goodConfig, map[string]string{"c.yaml": strings.Replace(clusterPolicy, "      va:\n        enabled: true\n",
-			"      trust:\n        enabled: true\n        signerSecrets:\n        - name: nobody\n", 1)}, "nobody"},
+			"      trust:\n        enabled: true\n        signerSecrets:\n        - name: nobody\n", 1)}, "nobody", upNode},
 		{"policy dir elsewhere", strings.Replace(goodConfig, `dir = "/etc/pullguard/policies"`, `dir = "/srv/p"`, 1),
-			map[string]string{"c.yaml": clusterPolicy}, "installs its policies in"},
+			map[string]string{"c.yaml": clusterPolicy}, "installs its policies in", upNode},
 		{"policy dir off", strings.Replace(goodConfig, `dir = "/etc/pullguard/policies"`, `dir = ""`, 1),
-			map[string]string{"c.yaml": clusterPolicy}, "would be ignored"},
+			map[string]string{"c.yaml": clusterPolicy}, "would be ignored", upNode},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -165,7 +178,7 @@ func TestValidate(t *testing.T) {
 				b.Policies[n] = []byte(c)
 			}
 			root := hoststate.Root(t.TempDir())
-			err := b.Validate(root, "unix:///run/containerd/containerd.sock")
+			err := b.Validate(root, tc.node)
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatalf("Validate: %v", err)

@@ -74,12 +74,12 @@ func TestTruststores(t *testing.T) {
 			b := &Bundle{Config: []byte(signerConfig), Policies: map[string][]byte{"p.yaml": []byte(trustPolicy)},
 				Truststores: tc.stores, TruststoresManaged: tc.managed}
 			root := hoststate.Root(t.TempDir())
-			err := b.Validate(root, "")
+			err := b.Validate(root, hoststate.Node{})
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Validate: %v", err)
 				}
-				if _, err := b.WriteToHost(root, ""); err != nil {
+				if _, err := b.WriteToHost(root, hoststate.Node{}); err != nil {
 					t.Fatal(err)
 				}
 				got, err := os.ReadFile(root.Path(hoststate.TruststorePath + "/release/release.pem"))
@@ -127,7 +127,7 @@ func TestHandProvisionedTruststoresSurvive(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &Bundle{Config: []byte(goodConfig), TruststoresManaged: true, Truststores: map[string][]byte{}}
-	if _, err := b.WriteToHost(root, ""); err != nil {
+	if _, err := b.WriteToHost(root, hoststate.Node{}); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := os.ReadFile(hand); err != nil || string(got) != "by hand" {
@@ -138,7 +138,7 @@ func TestHandProvisionedTruststoresSurvive(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Config, b.Policies = []byte(signerConfig), map[string][]byte{"p.yaml": []byte(trustPolicy)}
-	if err := b.Validate(root, ""); err != nil {
+	if err := b.Validate(root, hoststate.Node{}); err != nil {
 		t.Errorf("hand-provisioned trust store not used for validation: %v", err)
 	}
 }

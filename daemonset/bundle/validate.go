@@ -12,17 +12,13 @@ import (
 )
 
 // Validate checks the bundle as the daemon on the host would load it: the
-// config (with the node's upstream substituted when upstream is not empty)
-// parsed strictly and validated, with its files (trust stores, CA files...)
+// config (with the node's settings substituted) parsed strictly and validated, with its files (trust stores, CA files...)
 // looked up under root and its policy directory replaced by the bundle's own
 // policies. Nothing is written under root.
-func (b *Bundle) Validate(root hoststate.Root, upstream string) error {
-	data := b.Config
-	if upstream != "" {
-		var err error
-		if data, err = hoststate.SetUpstream(data, upstream); err != nil {
-			return err
-		}
+func (b *Bundle) Validate(root hoststate.Root, node hoststate.Node) error {
+	data, err := b.NodeConfig(node)
+	if err != nil {
+		return err
 	}
 	c, err := config.Parse(data, "config.toml")
 	if err != nil {

@@ -18,8 +18,8 @@ import (
 )
 
 // Validator checks a bundle as it would run on the host, with the node's
-// upstream endpoint substituted. (*bundle.Bundle).Validate is the real one.
-type Validator func(ctx context.Context, b *bundle.Bundle, upstream string) error
+// settings substituted. (*bundle.Bundle).Validate is the real one.
+type Validator func(ctx context.Context, b *bundle.Bundle, node hoststate.Node) error
 
 // Options configures a Syncer.
 type Options struct {
@@ -108,21 +108,22 @@ func (s *Syncer) SyncOnce(ctx context.Context) (Outcome, error) {
 	if err != nil {
 		return s.fail(err)
 	}
-	// The upstream is part of what gets written, so it is part of the
-	// identity of a version.
-	hash := b.Hash() + "|" + st.Upstream
+	// The node's settings are part of what gets written, so they are part
+	// of the identity of a version.
+	node := st.Node()
+	hash := b.Hash() + "|" + nodeKey(node)
 	if hash == s.lastSeen {
 		return Unchanged, nil
 	}
 	s.lastSeen = hash
-	if err := s.opts.Validate(ctx, b, st.Upstream); err != nil {
+	if err := s.opts.Validate(ctx, b, node); err != nil {
 		s.stats.Rejected++
 		s.stats.LastError = err.Error()
 		log.ErrorContext(ctx, "new pullguard config REJECTED; the node keeps its last good config",
 			"source", s.opts.ConfigFile, "policies", s.opts.PoliciesDir, "error", err.Error(), "rejected_total", s.stats.Rejected)
 		return Rejected, nil
 	}
-	changed, err := b.WriteToHost(s.opts.Root, st.Upstream)
+	changed, err := b.WriteToHost(s.opts.Root, node)
 	if err != nil {
 		s.lastSeen = "" // try again next pass
 		return s.fail(fmt.Errorf("write config to host: %w", err))
@@ -134,6 +135,14 @@ func (s *Syncer) SyncOnce(ctx context.Context) (Outcome, error) {
 	log.InfoContext(ctx, "pullguard config applied to the node", "config", hoststate.ConfigPath,
 		"policies", len(b.Policies), "applied_total", s.stats.Applied)
 	return Applied, nil
+}
+
+func nodeKey(n hoststate.Node) string {
+	k := n.Upstream + "|" + n.NRIMode
+	if n.NRI != nil {
+		k += "|" + n.NRI.Socket + "|" + n.NRI.ContainerdConfig + "|" + n.NRI.SandboxImage
+	}
+	return k
 }
 
 func (s *Syncer) fail(err error) (Outcome, error) {

@@ -39,8 +39,12 @@ spec:
 `
 )
 
+// nodeNRI is what install found of containerd's NRI on the node, which
+// the ConfigMap cannot know.
+var nodeNRI = hoststate.NodeNRI{Socket: "/run/k3s/nri/nri.sock", ContainerdConfig: "/etc/containerd/config.toml", SandboxImage: "registry.k8s.io/pause:3.9"}
+
 func realValidator(root hoststate.Root) Validator {
-	return func(_ context.Context, b *bundle.Bundle, up string) error { return b.Validate(root, up) }
+	return func(_ context.Context, b *bundle.Bundle, node hoststate.Node) error { return b.Validate(root, node) }
 }
 
 // configMap projects files like kubelet does (..data swap), so updates are
@@ -81,7 +85,7 @@ func newFixture(t *testing.T, installed bool) *fixture {
 	t.Helper()
 	f := &fixture{root: hoststate.Root(t.TempDir()), cfgDir: t.TempDir(), polDir: t.TempDir(), logs: &bytes.Buffer{}}
 	if installed {
-		if err := hoststate.SaveState(f.root, &hoststate.State{Upstream: upstream, KubeletWired: true}); err != nil {
+		if err := hoststate.SaveState(f.root, &hoststate.State{Upstream: upstream, KubeletWired: true, NRIMode: "enforce", NRI: &nodeNRI}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -142,8 +146,10 @@ func TestSyncSequence(t *testing.T) {
 		if !strings.Contains(host, st.hostHas) {
 			t.Errorf("%s: host config lacks %q:\n%s", st.name, st.hostHas, host)
 		}
-		if !strings.Contains(host, `upstream = "`+upstream+`"`) {
-			t.Errorf("%s: host config lost the node's upstream:\n%s", st.name, host)
+		for _, want := range []string{`upstream = "` + upstream + `"`, `mode = "enforce"`, `socket = "/run/k3s/nri/nri.sock"`, `sandbox_image = "registry.k8s.io/pause:3.9"`} {
+			if !strings.Contains(host, want) {
+				t.Errorf("%s: host config lost the node's setting %s:\n%s", st.name, want, host)
+			}
 		}
 		if strings.Contains(host, "bogus") {
 			t.Errorf("%s: a rejected config reached the host", st.name)

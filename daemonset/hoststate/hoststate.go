@@ -1,7 +1,8 @@
 // Package hoststate knows where pullguard lives on a node's filesystem and
-// what the installer left there (backups of kubelet's files, the upstream
-// endpoint kubelet used before). Both the installer and the config syncer
-// write through it so they agree on paths and on the upstream override.
+// what the installer left there (backups of kubelet's and containerd's
+// files, the node's settings: runtime endpoint, NRI mode and containerd's
+// NRI socket). Both the installer and the config syncer write through it so
+// they agree on paths and on the node's settings.
 package hoststate
 
 import (
@@ -44,23 +45,46 @@ func (r Root) Path(hostPath string) string {
 	return filepath.Join(string(r), filepath.FromSlash(hostPath))
 }
 
-// Backup records one kubelet file the installer changed and where its
+// Backup records one host file the installer changed and where its
 // original bytes are kept.
 type Backup struct {
 	HostPath   string      `json:"hostPath"`   // e.g. /var/lib/kubelet/config.yaml
 	BackupPath string      `json:"backupPath"` // host path of the copy, under BackupDir
 	Mode       fs.FileMode `json:"mode"`
+	// Absent is true when the installer created the file: restoring it
+	// removes it.
+	Absent bool `json:"absent,omitempty"`
 }
 
 // State is what a successful install leaves behind for uninstall and sync.
 type State struct {
 	Version  int    `json:"version"`
 	Layout   string `json:"layout"`   // kubeadm | kubelet-config
-	Upstream string `json:"upstream"` // the runtime endpoint kubelet used before pullguard
-	Socket   string `json:"socket"`   // host path of pullguard's socket kubelet now uses
-	// KubeletWired is true once kubelet's files point at pullguard.
+	Upstream string `json:"upstream"` // kubelet's runtime endpoint (containerd), pullguard's upstream
+	Socket   string `json:"socket"`   // host path of pullguard's socket, kubelet's image endpoint
+	// KubeletWired is true once kubelet's image endpoint is pullguard's.
 	KubeletWired bool     `json:"kubeletWired"`
-	Backups      []Backup `json:"backups,omitempty"`
+	Backups      []Backup `json:"backups,omitempty"` // kubelet's files
+
+	// NRIMode is the [nri] mode install chose for the node: enforce, or
+	// pull-only when asked for (--pull-only). "" in states written before
+	// pullguard had an NRI side.
+	NRIMode string `json:"nriMode,omitempty"`
+	// NRI is containerd's side of the gate, in enforce mode.
+	NRI *NodeNRI `json:"nri,omitempty"`
+	// ContainerdWired is true once containerd's config requires pullguard
+	// through the files in ContainerdBackups.
+	ContainerdWired   bool     `json:"containerdWired,omitempty"`
+	ContainerdBackups []Backup `json:"containerdBackups,omitempty"`
+	// CreatedDirs are directories install created for containerd's drop-in;
+	// uninstall removes them when they are empty.
+	CreatedDirs []string `json:"createdDirs,omitempty"`
+}
+
+// Node returns the node's settings recorded by install, which every
+// config.toml written to the node carries.
+func (s *State) Node() Node {
+	return Node{Upstream: s.Upstream, NRIMode: s.NRIMode, NRI: s.NRI}
 }
 
 const stateVersion = 1

@@ -73,3 +73,43 @@ func FuzzSetUpstream(f *testing.F) {
 		}
 	})
 }
+
+func TestSetNode(t *testing.T) {
+	in := "# from the ConfigMap\n[server]\nsocket = \"/run/pullguard/pullguard.sock\"\nupstream = \"unix:///old\"\n\n[nri]\n# the gate\nmode = \"enforce\"\ntimeout = \"1s\"\n\n[[signers]]\nname = \"a\"\n"
+	n := Node{
+		Upstream: "unix:///run/containerd/containerd.sock",
+		NRIMode:  "enforce",
+		NRI:      &NodeNRI{Socket: "/run/nri/custom.sock", ContainerdConfig: "/etc/containerd/config.toml", SandboxImage: ""},
+	}
+	out, err := SetNode([]byte(in), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "# from the ConfigMap\n[server]\nsocket = \"/run/pullguard/pullguard.sock\"\nupstream = \"unix:///run/containerd/containerd.sock\"\n\n" +
+		"[nri]\nsandbox_image = \"\"\ncontainerd_config = \"/etc/containerd/config.toml\"\nsocket = \"/run/nri/custom.sock\"\n# the gate\nmode = \"enforce\"\ntimeout = \"1s\"\n\n[[signers]]\nname = \"a\"\n"
+	if string(out) != want {
+		t.Errorf("got\n%s\nwant\n%s", out, want)
+	}
+	// An explicit empty sandbox image is written, not left to the default.
+	if v, ok, err := tableKey(out, "nri", "sandbox_image"); err != nil || !ok || v != "" {
+		t.Errorf("sandbox_image = %q, %t, %v", v, ok, err)
+	}
+	// Applying it again changes nothing.
+	again, err := SetNode(out, n)
+	if err != nil || string(again) != string(out) {
+		t.Errorf("second SetNode changed the config (%v):\n%s", err, again)
+	}
+	// pull-only: the mode alone; the [nri] table is added when missing.
+	out, err = SetNode([]byte("[server]\nupstream = \"x\"\n"), Node{Upstream: "unix:///u", NRIMode: "pull-only"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "[server]\nupstream = \"unix:///u\"\n\n[nri]\nmode = \"pull-only\"\n"; string(out) != want {
+		t.Errorf("got %q, want %q", out, want)
+	}
+	// A [nri] subtable's keys are not [nri]'s.
+	out, err = SetNode([]byte("[nri]\nmode = \"enforce\"\n[nri.extra]\nmode = \"keep\"\n"), Node{NRIMode: "pull-only"})
+	if err != nil || !strings.Contains(string(out), "[nri.extra]\nmode = \"keep\"") || !strings.HasPrefix(string(out), "[nri]\nmode = \"pull-only\"\n") {
+		t.Errorf("got %q, %v", out, err)
+	}
+}

@@ -52,18 +52,21 @@ const (
 // maxKubeletFileBytes bounds kubelet files we read; real ones are a few KiB.
 const maxKubeletFileBytes = 1 << 20
 
-// kubeletFile is one of kubelet's files as found on the host.
-type kubeletFile struct {
+// hostFile is one of kubelet's or containerd's files as found on the host
+// before install changes it.
+type hostFile struct {
 	hostPath string
 	data     []byte
 	mode     fs.FileMode
+	// absent is true for a file install creates.
+	absent bool
 }
 
 // kubeletSetup is what the installer learnt about a node's kubelet.
 type kubeletSetup struct {
 	layout string
-	config *kubeletFile // KubeletConfiguration, may be nil for kubeadm
-	flags  *kubeletFile // kubeadm-flags.env, nil for kubelet-config
+	config *hostFile // KubeletConfiguration, may be nil for kubeadm
+	flags  *hostFile // kubeadm-flags.env, nil for kubelet-config
 
 	runtimeEndpoint string // effective, as kubelet would use it
 	imageEndpoint   string
@@ -80,15 +83,16 @@ func inspectKubelet(root hoststate.Root, configOverride string) (*kubeletSetup, 
 		{"/var/lib/rancher/rke2", "rke2", "/run/k3s/containerd/containerd.sock"},
 	} {
 		if _, err := os.Stat(root.Path(d.dir)); err == nil {
-			return nil, fmt.Errorf("%w: %s detected (%s exists): its kubelet is embedded in the %s binary and configured through /etc/rancher/%s/config.yaml; "+
-				"pullguard install does not rewire it. To wire it by hand: set [server].upstream = \"unix://%s\" in pullguard's config, start pullguard, "+
-				"then add `container-runtime-endpoint: unix:///run/pullguard/pullguard.sock` to /etc/rancher/%s/config.yaml and restart %s",
-				ErrUnsupportedLayout, d.name, d.dir, d.name, d.name, d.sock, d.name, d.name)
+			return nil, fmt.Errorf("%w: %s detected (%s exists): its kubelet and containerd are embedded in the %s binary and configured through /etc/rancher/%s/config.yaml "+
+				"and its own containerd config template; pullguard install does not rewire them. Wiring by hand takes, in this order: [server].upstream = \"unix://%s\" "+
+				"in pullguard's config, containerd's NRI default validator requiring pullguard, pullguard started and ready, "+
+				"then kubelet's image service endpoint (not its runtime endpoint) set to unix:///run/pullguard/pullguard.sock",
+				ErrUnsupportedLayout, d.name, d.dir, d.name, d.name, d.sock)
 		}
 	}
 
 	s := &kubeletSetup{}
-	flags, err := readKubeletFile(root, KubeadmFlagsPath)
+	flags, err := readHostFile(root, KubeadmFlagsPath, maxKubeletFileBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +102,7 @@ func inspectKubelet(root hoststate.Root, configOverride string) (*kubeletSetup, 
 		candidates = []string{configOverride}
 	}
 	for _, c := range candidates {
-		f, err := readKubeletFile(root, c)
+		f, err := readHostFile(root, c, maxKubeletFileBytes)
 		if err != nil {
 			return nil, err
 		}
@@ -139,7 +143,8 @@ func inspectKubelet(root hoststate.Root, configOverride string) (*kubeletSetup, 
 	return s, nil
 }
 
-func readKubeletFile(root hoststate.Root, hostPath string) (*kubeletFile, error) {
+// readHostFile reads a host file; nil when it does not exist.
+func readHostFile(root hoststate.Root, hostPath string, limit int64) (*hostFile, error) {
 	p := root.Path(hostPath)
 	fi, err := os.Stat(p)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -148,11 +153,11 @@ func readKubeletFile(root hoststate.Root, hostPath string) (*kubeletFile, error)
 	if err != nil {
 		return nil, fmt.Errorf("stat %s: %w", hostPath, err)
 	}
-	data, err := hoststate.ReadBounded(p, maxKubeletFileBytes)
+	data, err := hoststate.ReadBounded(p, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", hostPath, err)
 	}
-	return &kubeletFile{hostPath: hostPath, data: data, mode: fi.Mode().Perm()}, nil
+	return &hostFile{hostPath: hostPath, data: data, mode: fi.Mode().Perm()}, nil
 }
 
 func parseKubeletConfig(data []byte) (map[string]any, error) {
@@ -264,60 +269,37 @@ func setConfigKey(data []byte, key, value string) ([]byte, error) {
 	return out, nil
 }
 
-// plannedEdit is a kubelet file's new content, not yet written.
+// plannedEdit is a host file's new content, not yet written.
 type plannedEdit struct {
-	file *kubeletFile
+	file *hostFile
 	data []byte
 }
 
-// planRewire computes the edits that make kubelet use endpoint for both the
-// runtime and the image service. Nothing is written.
-func (s *kubeletSetup) planRewire(endpoint string) ([]plannedEdit, error) {
-	var edits []plannedEdit
-	if s.flags != nil {
-		data := s.flags.data
-		for _, fl := range []string{flagRuntime, flagImage} {
-			if flagValue(data, fl) != "" {
-				var err error
-				if data, err = setFlag(data, fl, endpoint); err != nil {
-					return nil, fmt.Errorf("%s: %w", s.flags.hostPath, err)
-				}
-			}
-		}
-		if s.config == nil && flagValue(data, flagRuntime) == "" {
-			var err error
-			if data, err = setFlag(data, flagRuntime, endpoint); err != nil {
-				return nil, fmt.Errorf("%s: %w", s.flags.hostPath, err)
-			}
-		}
-		if string(data) != string(s.flags.data) {
-			edits = append(edits, plannedEdit{s.flags, data})
-		}
+// planImageEndpoint computes the edit that makes kubelet use endpoint for
+// its image service, and only for that: the runtime endpoint stays on
+// containerd. The flag goes into kubeadm-flags.env when the flags already
+// name an endpoint (flags win over the config file) or there is no config
+// file; otherwise imageServiceEndpoint goes into the KubeletConfiguration.
+// Nothing is written.
+func (s *kubeletSetup) planImageEndpoint(endpoint string) ([]plannedEdit, error) {
+	useFlags := s.flags != nil &&
+		(s.config == nil || flagValue(s.flags.data, flagRuntime) != "" || flagValue(s.flags.data, flagImage) != "")
+	f := s.config
+	var (
+		data []byte
+		err  error
+	)
+	if useFlags {
+		f = s.flags
+		data, err = setFlag(f.data, flagImage, endpoint)
+	} else {
+		data, err = setConfigKey(f.data, keyImage, endpoint)
 	}
-	if s.config != nil {
-		data := s.config.data
-		m, err := parseKubeletConfig(data)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", s.config.hostPath, err)
-		}
-		_, hasRuntime := m[keyRuntime]
-		_, hasImage := m[keyImage]
-		flagsSetRuntime := s.flags != nil && flagValue(s.flags.data, flagRuntime) != ""
-		// The config file gets the endpoints whenever it names them, or when
-		// no flag does (kubelet would otherwise use its default).
-		if hasRuntime || !flagsSetRuntime {
-			if data, err = setConfigKey(data, keyRuntime, endpoint); err != nil {
-				return nil, fmt.Errorf("%s: %w", s.config.hostPath, err)
-			}
-		}
-		if hasImage || !flagsSetRuntime {
-			if data, err = setConfigKey(data, keyImage, endpoint); err != nil {
-				return nil, fmt.Errorf("%s: %w", s.config.hostPath, err)
-			}
-		}
-		if string(data) != string(s.config.data) {
-			edits = append(edits, plannedEdit{s.config, data})
-		}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.hostPath, err)
 	}
-	return edits, nil
+	if string(data) == string(f.data) {
+		return nil, nil
+	}
+	return []plannedEdit{{f, data}}, nil
 }

@@ -2,6 +2,7 @@ package installer
 
 import (
 	"context"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -121,5 +122,45 @@ func TestChrootRunnerFindsHostBinaries(t *testing.T) {
 	// every machine these tests run on.
 	if _, err := ChrootRunner("/")(context.Background(), "true"); err != nil {
 		t.Errorf("run true: %v", err)
+	}
+}
+
+func TestPlanImageEndpoint(t *testing.T) {
+	const flagsOnlyImage = `KUBELET_KUBEADM_ARGS="--image-service-endpoint=unix:///run/containerd/containerd.sock"` + "\n"
+	tests := []struct {
+		name   string
+		files  map[string]string
+		file   string // the one file edited
+		runtme string // kubelet's runtime endpoint, unchanged
+	}{
+		{"runtime flag: image flag beside it", map[string]string{KubeadmFlagsPath: kubeadmOldFlags, "/var/lib/kubelet/config.yaml": plainConfig},
+			KubeadmFlagsPath, "unix:///var/run/containerd/containerd.sock"},
+		{"no flag names an endpoint: the config file", map[string]string{KubeadmFlagsPath: kubeadmNewFlags, "/var/lib/kubelet/config.yaml": plainConfig},
+			"/var/lib/kubelet/config.yaml", "unix:///run/containerd/containerd.sock"},
+		{"flags file alone", map[string]string{KubeadmFlagsPath: kubeadmNewFlags},
+			KubeadmFlagsPath, DefaultKubeletRuntimeEndpoint},
+		{"an image flag already there wins over the config file", map[string]string{KubeadmFlagsPath: flagsOnlyImage, "/var/lib/kubelet/config.yaml": kubeadmConfigNoEndpoint},
+			KubeadmFlagsPath, DefaultKubeletRuntimeEndpoint},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			root := node(t, tc.files)
+			kub, err := inspectKubelet(root, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			edits, err := kub.planImageEndpoint(pgEndpoint)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(edits) != 1 || edits[0].file.hostPath != tc.file {
+				t.Fatalf("edits = %v, want one of %s", edits, tc.file)
+			}
+			must(t, os.WriteFile(root.Path(tc.file), edits[0].data, 0o640))
+			rt, img := kubeletEndpoints(t, root, "")
+			if rt != tc.runtme || img != pgEndpoint {
+				t.Errorf("after the edit kubelet uses runtime %s, image %s", rt, img)
+			}
+		})
 	}
 }

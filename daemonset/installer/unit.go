@@ -5,16 +5,24 @@ import "github.com/pullguard/pullguard/daemonset/hoststate"
 // KubeletUnit is the host's kubelet service.
 const KubeletUnit = "kubelet.service"
 
-// unitFile is pullguard's systemd unit. It must come up before kubelet and
-// never stay down: kubelet cannot start or stop containers without it.
-// StartLimitIntervalSec=0 keeps systemd restarting it forever instead of
-// giving up after a burst of failures.
+// unitFile is pullguard's systemd unit. pullguard needs containerd (it
+// forwards image calls to it and registers its NRI plugin with it), so it
+// starts after containerd; it does not need kubelet, and comes up before
+// it, since kubelet's image service is pullguard's socket.
+//
+// Wants= and not Requires= or BindsTo=: a restart of containerd must not
+// restart pullguard. pullguard notices containerd going away and registers
+// its plugin again once containerd is back, and the image service keeps
+// answering (Unavailable while containerd is down). Restart=always with
+// StartLimitIntervalSec=0 keeps systemd restarting pullguard forever
+// instead of giving up after a burst of failures: while it is down,
+// containerd refuses every container create.
 const unitFile = `# Installed by pullguard install; removed by pullguard uninstall.
 [Unit]
-Description=pullguard CRI image policy proxy (kubelet -> pullguard -> container runtime)
+Description=pullguard: CRI image service proxy and containerd NRI plugin (image policy)
 Documentation=https://github.com/pullguard/pullguard
-After=network-online.target containerd.service crio.service
-Wants=network-online.target
+After=network-online.target containerd.service
+Wants=network-online.target containerd.service
 Before=kubelet.service
 StartLimitIntervalSec=0
 
@@ -27,5 +35,5 @@ RestartSec=2
 LimitNOFILE=65536
 
 [Install]
-WantedBy=multi-user.target kubelet.service
+WantedBy=multi-user.target
 `

@@ -1,18 +1,25 @@
 package nri
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 )
 
-// nriPluginID is NRI's section in containerd's config (versions 2 to 4).
-const nriPluginID = "io.containerd.nri.v1.nri"
+// ContainerdPluginID is NRI's plugin in containerd, and its table under
+// [plugins] in containerd's config (versions 2 to 4).
+const ContainerdPluginID = "io.containerd.nri.v1.nri"
+
+const nriPluginID = ContainerdPluginID
 
 // maxContainerdConfigBytes bounds one containerd config file read.
 const maxContainerdConfigBytes = 4 << 20
@@ -56,9 +63,24 @@ func (c *ContainerdNRI) Problems(name, index string) []string {
 }
 
 // ReadContainerdNRI reads containerd's config file and the files it imports,
-// the way containerd merges them: a plugin's section in a later file
-// replaces that section of earlier ones.
+// the way containerd merges them (see ReadContainerdNRIFS).
 func ReadContainerdNRI(path string) (*ContainerdNRI, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("containerd config %s: %w", path, err)
+	}
+	return ReadContainerdNRIFS(os.DirFS("/"), abs)
+}
+
+// ReadContainerdNRIFS reads containerd's config at the absolute path and
+// the files it imports from fsys, which holds the node's / (so a host
+// mounted elsewhere, or a planned edit not yet written, reads as containerd
+// will read it). Files are read in containerd's order: the main file, then
+// its imports (globs, relative to the importing file), breadth first.
+// containerd merges the plugin tables of later files into earlier ones key
+// by key, tables within tables too, and a later value (a list included)
+// replaces an earlier one; disabled_plugins add up.
+func ReadContainerdNRIFS(fsys fs.FS, path string) (*ContainerdNRI, error) {
 	type file struct {
 		Imports         []string                  `toml:"imports"`
 		DisabledPlugins []string                  `toml:"disabled_plugins"`
@@ -76,7 +98,7 @@ func ReadContainerdNRI(path string) (*ContainerdNRI, error) {
 	}
 	out := &ContainerdNRI{}
 	var (
-		section  *nriSection
+		merged   map[string]any
 		disabled bool
 		pending  = []string{path}
 		seen     = map[string]bool{}
@@ -91,7 +113,7 @@ func ReadContainerdNRI(path string) (*ContainerdNRI, error) {
 		if len(seen) > maxImports {
 			return nil, fmt.Errorf("containerd config %s: more than %d imported files", path, maxImports)
 		}
-		data, err := readBounded(p)
+		data, err := readBounded(fsys, p)
 		if err != nil {
 			return nil, err
 		}
@@ -105,27 +127,34 @@ func ReadContainerdNRI(path string) (*ContainerdNRI, error) {
 			disabled = true
 		}
 		if prim, ok := f.Plugins[nriPluginID]; ok {
-			var s nriSection
+			var s map[string]any
 			if err := md.PrimitiveDecode(prim, &s); err != nil {
 				return nil, fmt.Errorf("containerd config %s: [plugins.'%s']: %w", p, nriPluginID, err)
 			}
-			section = &s
+			merged = MergeTables(merged, s)
 		}
 		for _, imp := range f.Imports {
-			if !filepath.IsAbs(imp) {
-				imp = filepath.Join(filepath.Dir(p), imp)
-			}
-			matches, err := filepath.Glob(imp)
+			matches, err := globImport(fsys, p, imp)
 			if err != nil {
 				return nil, fmt.Errorf("containerd config %s: import %q: %w", p, imp, err)
 			}
 			pending = append(pending, matches...)
 		}
 	}
-	if section == nil {
+	if merged == nil {
 		// containerd 2.x enables NRI by default, with the validator off.
 		out.Enabled = !disabled
 		return out, nil
+	}
+	// The merged table is decoded as one section again, so a value of the
+	// wrong type is reported as it would be from a single file.
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(merged); err != nil {
+		return nil, fmt.Errorf("containerd config %s: [plugins.'%s']: %w", path, nriPluginID, err)
+	}
+	var section nriSection
+	if _, err := toml.Decode(buf.String(), &section); err != nil {
+		return nil, fmt.Errorf("containerd config %s: [plugins.'%s']: %w", path, nriPluginID, err)
 	}
 	out.Enabled = !disabled && !section.Disable
 	out.SocketPath = section.SocketPath
@@ -143,10 +172,62 @@ func ReadContainerdNRI(path string) (*ContainerdNRI, error) {
 	return out, nil
 }
 
-func readBounded(p string) ([]byte, error) {
-	f, err := os.Open(p)
+// MergeTables merges a later file's table into an earlier one as
+// containerd's loader does: key by key, tables within tables too, any other
+// value of the later file (a list included) replacing the earlier one. The
+// result shares no table with dst but may share values with src.
+func MergeTables(dst, src map[string]any) map[string]any {
+	out := make(map[string]any, len(dst)+len(src))
+	for k, v := range dst {
+		if t, ok := v.(map[string]any); ok {
+			v = MergeTables(nil, t)
+		}
+		out[k] = v
+	}
+	for k, v := range src {
+		if t, ok := v.(map[string]any); ok {
+			if d, ok := out[k].(map[string]any); ok {
+				out[k] = MergeTables(d, t)
+				continue
+			}
+			v = MergeTables(nil, t)
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// globImport resolves one imports entry of the file at parent the way
+// containerd does: relative to parent's directory, and a glob only when it
+// holds a '*' (a plain path to a missing file stops containerd, and fails
+// here too). The paths are absolute; fsys holds /.
+func globImport(fsys fs.FS, parent, imp string) ([]string, error) {
+	imp = filepath.Clean(imp)
+	if !filepath.IsAbs(imp) {
+		imp = filepath.Join(filepath.Dir(parent), imp)
+	}
+	if !strings.Contains(imp, "*") {
+		return []string{imp}, nil
+	}
+	matches, err := fs.Glob(fsys, strings.TrimPrefix(imp, "/"))
 	if err != nil {
-		return nil, fmt.Errorf("read containerd config: %w", err)
+		return nil, err
+	}
+	for i, m := range matches {
+		matches[i] = "/" + m
+	}
+	return matches, nil
+}
+
+func readBounded(fsys fs.FS, p string) ([]byte, error) {
+	f, err := fsys.Open(strings.TrimPrefix(p, "/"))
+	if err != nil {
+		// The fs.FS path lacks the leading '/': name the file as the node does.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("read containerd config %s: %w", p, err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxContainerdConfigBytes+1))
