@@ -330,16 +330,20 @@ func TestComponents(t *testing.T) {
 	if staged.NodeSelector["pullguard.dev/enabled"] != "true" || staged.NodeSelector["kubernetes.io/os"] != "linux" {
 		t.Errorf("staged nodeSelector = %v", staged.NodeSelector)
 	}
-	un := dsOf(render(t, "uninstall")).Spec.Template.Spec
-	if len(un.InitContainers) != 0 || len(un.Containers) != 1 {
-		t.Fatalf("uninstall pod: %d init, %d containers", len(un.InitContainers), len(un.Containers))
-	}
-	if c := un.Containers[0]; !slices.Equal(c.Args, []string{"uninstall", "--host-root", "/host", "--wait"}) || mountAt(c, "/host") != "host" {
-		t.Errorf("uninstall container = %+v", c)
-	}
-	for _, v := range un.Volumes {
-		if v.HostPath != nil && v.HostPath.Type != nil && *v.HostPath.Type == corev1.HostPathDirectoryOrCreate {
-			t.Errorf("uninstall pod would recreate %s on the host", v.HostPath.Path)
+	// Alone, and after policy-sync (whose container also writes to /etc/pullguard and whose
+	// volume shifts the others), as README.md tells users to add it.
+	for _, comps := range [][]string{{"uninstall"}, {"policy-sync", "uninstall"}} {
+		un := dsOf(render(t, comps...)).Spec.Template.Spec
+		if len(un.InitContainers) != 0 || len(un.Containers) != 1 {
+			t.Fatalf("%v: uninstall pod: %d init, %d containers", comps, len(un.InitContainers), len(un.Containers))
+		}
+		if c := un.Containers[0]; !slices.Equal(c.Args, []string{"uninstall", "--host-root", "/host", "--wait"}) || mountAt(c, "/host") != "host" {
+			t.Errorf("%v: uninstall container = %+v", comps, c)
+		}
+		for _, v := range un.Volumes {
+			if v.HostPath != nil && v.HostPath.Type != nil && *v.HostPath.Type == corev1.HostPathDirectoryOrCreate {
+				t.Errorf("%v: uninstall pod would recreate %s on the host", comps, v.HostPath.Path)
+			}
 		}
 	}
 }
