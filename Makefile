@@ -9,8 +9,9 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 # Integration tests start real containerd, registry and pullguard processes.
 INTEGRATION_TIMEOUT ?= 40m
 UNIT_TIMEOUT ?= 15m
+NODE_TIMEOUT ?= 30m
 
-.PHONY: all build tools generate test test-unit test-integration fuzz bench demo lint image clean
+.PHONY: all build tools tools-node generate test test-unit test-integration test-node fuzz bench demo lint image clean
 
 all: build
 
@@ -22,6 +23,11 @@ build:
 tools:
 	bash integration/tools/install.sh
 	bash integration/tools-kube/install.sh
+
+# The node tests also need mmdebstrap, systemd-nspawn and the node's root filesystem
+# (cached in .tools/node).
+tools-node: tools
+	bash integration/tools-node/install.sh
 
 # The CRDs in daemonset/crds, generated from the Go types (daemonset/api/v1beta1 and
 # plugin/policy/v1beta1). A unit test fails while the committed ones differ. Only
@@ -41,7 +47,13 @@ test-unit:
 # The daemon under test is built once, up front, rather than inside each test
 # binary's TestMain (a cold -race build there can eat its start-up deadline).
 test-integration: tools build
-	PULLGUARD_BIN=$(BIN)/pullguard $(GO) test -race -timeout $(INTEGRATION_TIMEOUT) -p 1 ./integration/...
+	PULLGUARD_BIN=$(BIN)/pullguard $(GO) test -race -timeout $(INTEGRATION_TIMEOUT) -p 1 $$($(GO) list ./integration/... | grep -v /integration/node)
+
+# A real node (systemd-nspawn, containerd, kubelet) and control plane, pullguard installed by
+# its DaemonSet; see integration/node/README.md. Not under -race: the test process only drives
+# real programs, and the daemon under test runs on the node from its image.
+test-node: tools-node
+	$(GO) test -timeout $(NODE_TIMEOUT) -p 1 -v ./integration/node/...
 
 # Short fuzzing runs of every parser; FUZZTIME=5m for a longer session.
 FUZZTIME ?= 20s

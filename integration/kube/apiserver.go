@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -93,8 +94,11 @@ type Server struct {
 	Dir     string
 	URL     string
 	caPEM   []byte
+	caKey   *ecdsa.PrivateKey
+	caCert  *x509.Certificate
 	tokens  map[string]string // user -> token
 	bins    Binaries
+	opts    Options
 	port    int
 	etcdURL string
 	etcd    *proc
@@ -112,11 +116,16 @@ type Options struct {
 	Dir string // scratch directory (certs, etcd data, logs); required
 	// Users are extra token users; each gets a token and no groups unless given.
 	Users map[string][]string
+	// Nodes makes it the API server of a cluster with kubelets and controllers: the Node
+	// authorizer before RBAC (kubelets are authorised as system:node:NAME, and NodeRestriction
+	// admits what they write), and the ServiceAccount admission plugin on (the controllers
+	// create every namespace's default service account).
+	Nodes bool
 }
 
 // Start launches etcd and kube-apiserver and waits until the API server is ready.
 func Start(ctx context.Context, bins Binaries, opts Options) (*Server, error) {
-	s := &Server{Dir: opts.Dir, bins: bins, tokens: map[string]string{}}
+	s := &Server{Dir: opts.Dir, bins: bins, opts: opts, tokens: map[string]string{}}
 	if err := s.writeCredentials(opts.Users); err != nil {
 		return nil, err
 	}
@@ -151,21 +160,25 @@ func Start(ctx context.Context, bins Binaries, opts Options) (*Server, error) {
 // StartAPIServer (re)starts kube-apiserver on the same port; etcd keeps the data.
 func (s *Server) StartAPIServer(ctx context.Context) error {
 	f := func(n string) string { return filepath.Join(s.Dir, n) }
-	api := exec.Command(s.bins.APIServer,
+	authz, admission := "RBAC", []string{"--disable-admission-plugins", "ServiceAccount"}
+	if s.opts.Nodes {
+		authz, admission = "Node,RBAC", nil
+	}
+	args := []string{
 		"--etcd-servers", s.etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(s.port),
 		"--tls-cert-file", f("serving.crt"), "--tls-private-key-file", f("serving.key"),
 		"--client-ca-file", f("ca.crt"),
 		"--token-auth-file", f("tokens.csv"),
-		"--authorization-mode", "RBAC",
+		"--authorization-mode", authz,
 		"--service-account-issuer", "https://pullguard.test",
 		"--service-account-key-file", f("sa.key"), "--service-account-signing-key-file", f("sa.key"),
 		"--service-cluster-ip-range", "10.96.0.0/24",
 		"--endpoint-reconciler-type", "none",
 		"--enable-priority-and-fairness=false",
-		"--disable-admission-plugins", "ServiceAccount",
 		"--cert-dir", f("certs"),
-		"-v", "1")
+		"-v", "1"}
+	api := exec.Command(s.bins.APIServer, append(args, admission...)...)
 	var err error
 	if s.api, err = s.startLogged(api, "kube-apiserver.log"); err != nil {
 		return err
@@ -239,6 +252,61 @@ func (s *Server) Config(user string) (*rest.Config, error) {
 	}, nil
 }
 
+// CAPEM is the cluster CA: it signs the API server's serving certificate and the client
+// certificates of ClientCert, and kube-apiserver trusts it for client certificates.
+func (s *Server) CAPEM() []byte { return s.caPEM }
+
+// Token is the bearer token of a token user.
+func (s *Server) Token(user string) (string, error) {
+	tok, ok := s.tokens[user]
+	if !ok {
+		return "", fmt.Errorf("no token user %q", user)
+	}
+	return tok, nil
+}
+
+// ClientCert issues a client certificate and its key (PEM) for user cn in groups orgs, signed
+// by the cluster CA: what kubeadm gives a kubelet (system:node:NAME in system:nodes).
+func (s *Server) ClientCert(cn string, orgs ...string) (certPEM, keyData []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client key for %s: %w", cn, err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: new(big.Int).SetBytes(randBytes(16)), Subject: pkix.Name{CommonName: cn, Organization: orgs},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.caCert, &key.PublicKey, s.caKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client certificate for %s: %w", cn, err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM(key), nil
+}
+
+// Kubeconfig is a kubeconfig file for a token user, for the programs that take one.
+func (s *Server) Kubeconfig(user string) ([]byte, error) {
+	tok, err := s.Token(user)
+	if err != nil {
+		return nil, err
+	}
+	return KubeconfigYAML(s.URL, s.caPEM, fmt.Sprintf("token: %q", tok)), nil
+}
+
+// KubeconfigYAML is a kubeconfig with one cluster (server, CA) and one user whose credential is
+// the given YAML line (`token: ...`, or client-certificate-data and client-key-data lines).
+func KubeconfigYAML(server string, caPEM []byte, credential ...string) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: v1\nkind: Config\nclusters:\n- name: pullguard\n  cluster:\n    server: %s\n", server)
+	fmt.Fprintf(&b, "    certificate-authority-data: %s\n", base64.StdEncoding.EncodeToString(caPEM))
+	b.WriteString("users:\n- name: user\n  user:\n")
+	for _, c := range credential {
+		fmt.Fprintf(&b, "    %s\n", c)
+	}
+	b.WriteString("contexts:\n- name: pullguard\n  context:\n    cluster: pullguard\n    user: user\ncurrent-context: pullguard\n")
+	return []byte(b.String())
+}
+
 func (s *Server) startLogged(c *exec.Cmd, logName string) (*proc, error) {
 	lf, err := os.OpenFile(filepath.Join(s.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -273,7 +341,7 @@ func (s *Server) writeCredentials(users map[string][]string) error {
 	if err != nil {
 		return err
 	}
-	s.caPEM = caPEM
+	s.caPEM, s.caKey, s.caCert = caPEM, caKey, caCert
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
