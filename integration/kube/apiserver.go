@@ -118,8 +118,8 @@ type Options struct {
 	Users map[string][]string
 	// Nodes makes it the API server of a cluster with kubelets and controllers: the Node
 	// authorizer before RBAC (kubelets are authorised as system:node:NAME, and NodeRestriction
-	// admits what they write), and the ServiceAccount admission plugin on (the controllers
-	// create every namespace's default service account).
+	// admits what they write), the ServiceAccount admission plugin on (the controllers
+	// create every namespace's default service account), and privileged pods allowed.
 	Nodes bool
 }
 
@@ -160,9 +160,10 @@ func Start(ctx context.Context, bins Binaries, opts Options) (*Server, error) {
 // StartAPIServer (re)starts kube-apiserver on the same port; etcd keeps the data.
 func (s *Server) StartAPIServer(ctx context.Context) error {
 	f := func(n string) string { return filepath.Join(s.Dir, n) }
-	authz, admission := "RBAC", []string{"--disable-admission-plugins", "ServiceAccount"}
+	authz, extra := "RBAC", []string{"--disable-admission-plugins", "ServiceAccount"}
 	if s.opts.Nodes {
-		authz, admission = "Node,RBAC", nil
+		// kubeadm's --allow-privileged: pullguard's installer runs privileged.
+		authz, extra = "Node,RBAC", []string{"--allow-privileged=true"}
 	}
 	args := []string{
 		"--etcd-servers", s.etcdURL,
@@ -178,7 +179,7 @@ func (s *Server) StartAPIServer(ctx context.Context) error {
 		"--enable-priority-and-fairness=false",
 		"--cert-dir", f("certs"),
 		"-v", "1"}
-	api := exec.Command(s.bins.APIServer, append(args, admission...)...)
+	api := exec.Command(s.bins.APIServer, append(args, extra...)...)
 	var err error
 	if s.api, err = s.startLogged(api, "kube-apiserver.log"); err != nil {
 		return err
