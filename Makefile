@@ -14,8 +14,11 @@ UNIT_TIMEOUT ?= 15m
 
 all: build
 
+# Two static binaries: pullguard, the node daemon (no Kubernetes client), and pullguard-agent, the
+# DaemonSet's installer and sync agents. Both go into the image.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/pullguard ./cmd/pullguard
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/pullguard-agent ./cmd/pullguard-agent
 
 # Pinned containerd, runc, registry, crictl, notation, oras, crane, staticcheck,
 # controller-gen, and kube-apiserver + etcd (for the policy CRD tests) into .tools/bin.
@@ -41,7 +44,7 @@ test-unit:
 # The daemon under test is built once, up front, rather than inside each test
 # binary's TestMain (a cold -race build there can eat its start-up deadline).
 test-integration: tools build
-	PULLGUARD_BIN=$(BIN)/pullguard $(GO) test -race -timeout $(INTEGRATION_TIMEOUT) -p 1 ./integration/...
+	PULLGUARD_BIN=$(BIN)/pullguard PULLGUARD_AGENT_BIN=$(BIN)/pullguard-agent $(GO) test -race -timeout $(INTEGRATION_TIMEOUT) -p 1 ./integration/...
 
 # Short fuzzing runs of every parser; FUZZTIME=5m for a longer session.
 FUZZTIME ?= 20s
@@ -67,7 +70,7 @@ lint:
 
 image: build
 	@test -n "$(REGISTRY)" || { echo "usage: make image REGISTRY=host:port/repo"; exit 2; }
-	$(BIN)/pullguard image --binary $(BIN)/pullguard --ref $(REGISTRY)
+	$(BIN)/pullguard-agent image --binary $(BIN)/pullguard --agent $(BIN)/pullguard-agent --ref $(REGISTRY)
 
 clean:
 	rm -rf $(BIN)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"io"
 	"log/slog"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/pullguard/pullguard/config"
 	"github.com/pullguard/pullguard/plugin/enforce"
 	"github.com/pullguard/pullguard/plugin/imageproxy"
+	"github.com/pullguard/pullguard/plugin/running"
 )
 
 const defaultConfigPath = "/etc/pullguard/config.toml"
@@ -30,7 +32,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	configPath := fs.String("config", defaultConfigPath, "node config file (TOML)")
 	reloadEvery := fs.Duration("reload-interval", 2*time.Second, "how often to look for config and policy changes (0 = only on SIGHUP)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return cli.ParseError(err)
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "pullguard serve: unexpected arguments %q\n", fs.Args())
@@ -221,15 +223,11 @@ func (r readiness) ready(ctx context.Context) error {
 	return nil
 }
 
-// statusPath serves the running workloads as JSON (`pullguard status`, the
-// agent).
-const statusPath = "/v1/status"
-
 // opsMux serves the operations endpoints: metrics, liveness, readiness, and
 // the running workloads.
 func opsMux(ready readiness, m *metrics) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.HandleFunc(statusPath, func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc(running.StatusPath, func(w http.ResponseWriter, _ *http.Request) {
 		if ready.nri == nil {
 			http.Error(w, "pull-only mode: pullguard does not see running containers", http.StatusNotFound)
 			return

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/pullguard/pullguard/plugin/running"
 	"io"
 	"net"
 	"net/http"
@@ -392,8 +393,8 @@ func TestServeAdminSocket(t *testing.T) {
 	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "containerd not ready") {
 		t.Errorf("/readyz with the stand-in containerd = %d %q, want 503 naming containerd", code, body)
 	}
-	if code, body := get(statusPath); code != http.StatusNotFound || !strings.Contains(body, "pull-only") {
-		t.Errorf("%s in pull-only mode = %d %q, want 404 saying why", statusPath, code, body)
+	if code, body := get(running.StatusPath); code != http.StatusNotFound || !strings.Contains(body, "pull-only") {
+		t.Errorf("%s in pull-only mode = %d %q, want 404 saying why", running.StatusPath, code, body)
 	}
 	var out, errb bytes.Buffer
 	if code := runStatus(context.Background(), []string{"--socket", admin}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "pull-only") {

@@ -357,7 +357,7 @@ func planDropIn(root hoststate.Root, host fs.FS, mainFile *hostFile, files []ctd
 	if addImport {
 		var data []byte
 		if mainFile.absent {
-			data = []byte("# Written by pullguard install (containerd had no config file); removed by pullguard uninstall.\n" +
+			data = []byte("# Written by pullguard-agent install (containerd had no config file); removed by pullguard-agent uninstall.\n" +
 				"version = 3\nimports = [" + strconv.Quote(dropIn) + "]\n")
 		} else if data, err = addContainerdImport(mainFile.data, dropIn); err != nil {
 			return nil, refusal{fmt.Errorf("%s: %w", mainFile.hostPath, err)}
@@ -460,7 +460,7 @@ func renderDropIn(section map[string]any, mainVersion int64) ([]byte, error) {
 		version = 4
 	}
 	var buf bytes.Buffer
-	buf.WriteString(`# Written by pullguard install; removed by pullguard uninstall, which also puts
+	buf.WriteString(`# Written by pullguard-agent install; removed by pullguard-agent uninstall, which also puts
 # back containerd's config as it was.
 #
 # containerd's NRI with its default validator requiring pullguard: containerd

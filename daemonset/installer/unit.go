@@ -17,7 +17,7 @@ const KubeletUnit = "kubelet.service"
 // StartLimitIntervalSec=0 keeps systemd restarting pullguard forever
 // instead of giving up after a burst of failures: while it is down,
 // containerd refuses every container create.
-const unitFile = `# Installed by pullguard install; removed by pullguard uninstall.
+const unitFile = `# Installed by pullguard-agent install; removed by pullguard-agent uninstall.
 [Unit]
 Description=pullguard: CRI image service proxy and containerd NRI plugin (image policy)
 Documentation=https://github.com/pullguard/pullguard

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"io"
 
 	"github.com/pullguard/pullguard/daemonset/bundle"
@@ -19,7 +20,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	interval := fs.Duration("interval", 0, "poll interval (default 5s)")
 	once := fs.Bool("once", false, "sync once and exit (non-zero when rejected or failed)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return cli.ParseError(err)
 	}
 	root := hoststate.Root(src.hostRoot)
 	cfg, pol, trust := src.paths()
@@ -31,7 +32,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Logger: jsonLogger(stderr),
 	})
 	if err != nil {
-		fmt.Fprintln(stderr, "pullguard sync:", err)
+		fmt.Fprintln(stderr, "pullguard-agent sync:", err)
 		return 2
 	}
 	if *once {
@@ -40,14 +41,14 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "pullguard", err)
 			return 1
 		}
-		fmt.Fprintln(stdout, "pullguard sync:", out)
+		fmt.Fprintln(stdout, "pullguard-agent sync:", out)
 		if out == configsync.Rejected {
 			return 1
 		}
 		return 0
 	}
 	if err := s.Run(ctx); err != nil {
-		fmt.Fprintln(stderr, "pullguard sync:", err)
+		fmt.Fprintln(stderr, "pullguard-agent sync:", err)
 		return 1
 	}
 	return 0
