@@ -132,6 +132,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	go func() { serveErr <- srv.Serve(l) }()
 	log.Info("pullguard serving", "socket", cfg.Server.Socket, "upstream", cfg.Server.UpstreamPath(),
 		"nri_mode", cfg.NRI.Mode, "policy_hash", comp.engine.Policies().Hash(), "version", version)
+	go notifyReady(bgCtx, gate, log)
+	// The watchdog is fed by this loop itself: a loop stuck on anything
+	// stops feeding it, and systemd restarts pullguard.
+	var watchdog <-chan time.Time
+	if d := watchdogInterval(); d > 0 {
+		wt := time.NewTicker(d)
+		defer wt.Stop()
+		watchdog = wt.C
+	}
 
 	r := &reloader{
 		path:  *configPath,
@@ -165,8 +174,11 @@ loop:
 			r.reload(ctx, true)
 		case <-tick:
 			r.reload(ctx, false)
+		case <-watchdog:
+			watchdogPing()
 		}
 	}
+	notifyStopping()
 
 	// Drain in-flight calls (a pull can take a while), bounded. The NRI
 	// plugin goes last: until then containerd's creates are still decided,
