@@ -4,9 +4,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"io"
 
+	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"github.com/pullguard/pullguard/daemonset/bundle"
 	"github.com/pullguard/pullguard/daemonset/configsync"
 	"github.com/pullguard/pullguard/daemonset/hoststate"
@@ -19,6 +19,8 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	src.register(fs)
 	interval := fs.Duration("interval", 0, "poll interval (default 5s)")
 	once := fs.Bool("once", false, "sync once and exit (non-zero when rejected or failed)")
+	metrics := fs.String("metrics-address", "", "serve the node daemon's /metrics, /healthz and /readyz here, read from its admin socket, e.g. :9464 (\"\" = off)")
+	adminSocket := fs.String("admin-socket", "/host/run/pullguard/admin.sock", "the node daemon's admin socket as this container sees it")
 	if err := fs.Parse(args); err != nil {
 		return cli.ParseError(err)
 	}
@@ -34,6 +36,12 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "pullguard-agent sync:", err)
 		return 2
+	}
+	if *metrics != "" && !*once {
+		if err := serveMetrics(ctx, *metrics, *adminSocket, jsonLogger(stderr)); err != nil {
+			fmt.Fprintln(stderr, "pullguard-agent sync: metrics endpoint:", err)
+			return 2
+		}
 	}
 	if *once {
 		out, err := s.SyncOnce(ctx)
