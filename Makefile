@@ -63,6 +63,7 @@ demo: tools build
 	PULLGUARD_BIN=$(BIN)/pullguard $(GO) run ./integration/cmd/demo
 
 lint:
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 	$(GO) vet ./...
 	@if command -v staticcheck >/dev/null 2>&1 || [ -x $(TOOLS_BIN)/staticcheck ]; then \
 		PATH=$(TOOLS_BIN):$$PATH staticcheck ./... ; \
