@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 INTEGRATION_TIMEOUT ?= 40m
 UNIT_TIMEOUT ?= 15m
 
-.PHONY: all build tools generate test test-unit test-integration fuzz bench demo lint image clean
+.PHONY: all build tools tools-core tools-kube generate test test-unit test-integration fuzz bench demo lint image clean
 
 all: build
 
@@ -22,8 +22,14 @@ build:
 
 # Pinned containerd, runc, registry, crictl, notation, oras, crane, staticcheck,
 # controller-gen, and kube-apiserver + etcd (for the policy CRD tests) into .tools/bin.
-tools:
+tools: tools-core tools-kube
+
+# What the demo and the containerd tests need.
+tools-core:
 	bash integration/tools/install.sh
+
+# kube-apiserver and etcd, for the policy CRD and running-workload tests (a long cold build).
+tools-kube:
 	bash integration/tools-kube/install.sh
 
 # The CRDs in daemonset/crds, generated from the Go types (daemonset/api/v1beta1 and
@@ -59,7 +65,8 @@ bench: tools build
 	$(GO) run ./integration/bench
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./integration/bench/
 
-demo: tools build
+# Builds only what the demo runs: the core tools (not kube-apiserver) and pullguard.
+demo: tools-core build
 	PULLGUARD_BIN=$(BIN)/pullguard $(GO) run ./integration/cmd/demo
 
 lint:

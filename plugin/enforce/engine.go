@@ -182,8 +182,12 @@ func (e *Engine) check(ctx context.Context, req Request, m *policy.Match, d *Dec
 			passed = append(passed, "vulnerability assessment passed")
 		}
 	}
-	if pinned, err := reference.WithDigest(s.repo, s.desc.Digest); err == nil {
-		d.PinnedRef = pinned.String()
+	// Only a pull is made pinned: other decisions are on content already
+	// named by its digest.
+	if req.Op == OpPull || req.Op == OpCheck {
+		if pinned, err := reference.WithDigest(s.repo, s.desc.Digest); err == nil {
+			d.PinnedRef = pinned.String()
+		}
 	}
 	d.Reason = joinAnd(passed)
 	return nil
