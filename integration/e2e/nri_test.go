@@ -113,8 +113,10 @@ func TestNRIFailsClosedWhilePullguardIsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// What runs keeps running, and kubelet's runtime calls work.
-	c := pg.Crictl // kubelet's wiring: runtime endpoint containerd, image endpoint pullguard
+	// What runs keeps running, and kubelet's runtime calls work. They go to containerd's socket;
+	// crictl, unlike kubelet, checks both endpoints at each start, so it is pointed at containerd
+	// for both here.
+	c := b.Crictl
 	if r := c.Run(ctx, "inspect", "-o", "go-template", "--template", "{{.status.state}}", ctrID); r.Err != nil || strings.TrimSpace(r.Stdout) != "CONTAINER_RUNNING" {
 		t.Errorf("the running container while pullguard is down: %v", r)
 	}
