@@ -286,7 +286,7 @@ func BenchmarkPull(b *testing.B) {
 			// Pinning what is pulled to what was verified costs one manifest
 			// fetch by tag that a direct pull does not make.
 			b.Logf("one manifest fetch by tag from this registry, as the decision makes it: median %v", median(resolves))
-			runSummary.set(b.Name()+"/resolve", summaryRow{what: "one manifest fetch by tag from the same registry (what pinning a warm pull costs the decision)", meas: median(resolves)})
+			runSummary.set(b.Name()+"/resolve", summaryRow{what: "one manifest fetch by tag from the same registry, timed beside the warm pull above (what pinning it costs the decision)", meas: median(resolves)})
 			lines := d.pg.LogLines(`"op":"pull"`, tc.repo+"/warm")
 			if len(lines) > 0 {
 				b.Log(lines[len(lines)-1])

@@ -20,30 +20,37 @@ import (
 
 // The trivial validator is the floor of pullguard's gate: a plugin registered under pullguard's
 // name and index, so containerd's required_plugins is satisfied, that admits every create at
-// once. A create it validates pays everything containerd's NRI costs a required validator (the
+// once (but those named to be refused, see refusePrefix). A create it validates pays everything containerd's NRI costs a required validator (the
 // ttrpc round trip, the plugin's wake-up) and nothing of pullguard's decision. It runs as its own
 // process, as pullguard does.
 
 // stubRegistered is what the stub process prints once containerd has synchronized it.
 const stubRegistered = "nri stub registered"
 
-// okValidator subscribes to the two events it needs: Synchronize (registration done) and
-// ValidateContainerAdjustment (the gate).
-type okValidator struct{}
+// refusePrefix names the containers the trivial validator refuses, at once: what a refusal costs
+// containerd itself, the floor of pullguard's.
+const refusePrefix = "refuse-"
 
-func (okValidator) Synchronize(context.Context, []*api.PodSandbox, []*api.Container) ([]*api.ContainerUpdate, error) {
+// trivialValidator subscribes to the two events it needs: Synchronize (registration done) and
+// ValidateContainerAdjustment (the gate).
+type trivialValidator struct{}
+
+func (trivialValidator) Synchronize(context.Context, []*api.PodSandbox, []*api.Container) ([]*api.ContainerUpdate, error) {
 	fmt.Println(stubRegistered)
 	return nil, nil
 }
 
-func (okValidator) ValidateContainerAdjustment(context.Context, *api.ValidateContainerAdjustmentRequest) error {
+func (trivialValidator) ValidateContainerAdjustment(_ context.Context, req *api.ValidateContainerAdjustmentRequest) error {
+	if strings.HasPrefix(req.GetContainer().GetName(), refusePrefix) {
+		return errors.New("refused by the trivial validator")
+	}
 	return nil
 }
 
 // serveNRIStub runs in the stub process until containerd closes the connection or the process is
 // killed.
 func serveNRIStub(socket string) error {
-	s, err := stub.New(okValidator{},
+	s, err := stub.New(trivialValidator{},
 		stub.WithPluginName(testbed.NRIPlugin),
 		stub.WithPluginIdx(nri.DefaultIndex),
 		stub.WithSocketPath(socket),
