@@ -222,7 +222,7 @@ func reportPull(b *testing.B, what string, direct, guarded, relayed []time.Durat
 	b.ReportMetric(float64(md.Microseconds())/1000, "direct-ms")
 	b.ReportMetric(float64(mg.Microseconds())/1000, "pullguard-ms")
 	b.ReportMetric(float64(added.Microseconds())/1000, "added-ms")
-	row := summaryRow{what: what, reference: "direct pull", ref: md, meas: mg, paired: pairedAdded(direct, guarded), target: verdict(added, target)}
+	row := summaryRow{what: what, reference: "direct pull", ref: md, meas: mg, paired: pairedAdded(direct, guarded), target: verdict(added, target, "medians")}
 	relay := ""
 	if len(relayed) > 0 {
 		mr := median(relayed)

@@ -256,7 +256,7 @@ func callSummary(results []result) []summaryRow {
 			if !r.meetsTargets() {
 				v = "**missed**"
 			}
-			row.target = fmt.Sprintf("≤ %s, ≤ %.1f: %s", fmtDur(maxAddedP50), maxRatioP50, v)
+			row.target = fmt.Sprintf("≤ %s, ≤ %.1f (medians): %s", fmtDur(maxAddedP50), maxRatioP50, v)
 		}
 		rows = append(rows, row)
 	}

@@ -216,13 +216,13 @@ func orDash(s string) string {
 	return s
 }
 
-// verdict renders a target and whether added met it.
-func verdict(added, limit time.Duration) string {
+// verdict renders a target, the figure it is judged on (basis) and whether added met it.
+func verdict(added, limit time.Duration, basis string) string {
 	v := "met"
 	if added > limit {
 		v = "**missed**"
 	}
-	return fmt.Sprintf("≤ %s: %s", fmtDur(limit), v)
+	return fmt.Sprintf("≤ %s (%s): %s", fmtDur(limit), basis, v)
 }
 
 // machineState names what the figures depend on: the CPUs and the 1-minute load average before

@@ -104,20 +104,20 @@ func TestReportVerdicts(t *testing.T) {
 func TestWriteSummary(t *testing.T) {
 	var sb strings.Builder
 	writeSummary(&sb, "Summary", "2 CPUs, load average 1.00 before, 1.50 after", []summaryRow{
-		{what: "create", reference: "trivial", ref: 15 * time.Millisecond, meas: 15200 * time.Microsecond, paired: 150 * time.Microsecond, target: verdict(200*time.Microsecond, 300*time.Microsecond)},
+		{what: "create", reference: "trivial", ref: 15 * time.Millisecond, meas: 15200 * time.Microsecond, paired: 150 * time.Microsecond, target: verdict(200*time.Microsecond, 300*time.Microsecond, "paired")},
 		{what: "fetch", meas: 900 * time.Microsecond},
 	})
 	out := sb.String()
 	for _, want := range []string{
 		"Summary (2 CPUs, load average 1.00 before, 1.50 after)",
-		"| create | trivial | 15.00 ms | 15.20 ms | +200 µs | +150 µs | 1.01 | — | ≤ 300 µs: met |",
+		"| create | trivial | 15.00 ms | 15.20 ms | +200 µs | +150 µs | 1.01 | — | ≤ 300 µs (paired): met |",
 		"| fetch | — | — | 900 µs | — | — | — | — | — |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
 	}
-	if got := verdict(301*time.Microsecond, 300*time.Microsecond); !strings.Contains(got, "missed") {
+	if got := verdict(301*time.Microsecond, 300*time.Microsecond, "medians"); !strings.Contains(got, "missed") {
 		t.Errorf("verdict over the limit = %q, want missed", got)
 	}
 }
