@@ -31,7 +31,8 @@ import (
 //
 // Only one plugin named "pullguard" can meaningfully be registered with a containerd at a time,
 // so pullguard and the trivial validator get a containerd each, and every iteration creates on
-// all four containerds back to back, in rotating order, so that drift hits them alike. Two
+// all four containerds back to back, in a random order (see iterationOrder), so that drift hits
+// them alike. Two
 // containerds configured alike can still differ a little, so pullguard and the trivial validator
 // swap containerds every -create-block iterations: each side is measured on both, the target is
 // judged on an estimate that cancels the difference, and the difference is logged.
@@ -273,14 +274,14 @@ func BenchmarkCreate(b *testing.B) {
 	c := newCreateBed(b)
 	b.Run("warm", func(b *testing.B) {
 		var its []warmIteration
+		order := iterationOrder()
 		for i := 0; b.Loop(); i++ {
 			if i > 0 && i%*createBlock == 0 {
 				c.swap(b)
 			}
 			ts := c.targets()
 			it := warmIteration{active: c.active}
-			for k := range ts {
-				j := (i + k) % len(ts)
+			for _, j := range order(len(ts)) {
 				it.took[j] = ts[j].mustCreate(b, fmt.Sprintf("c%d", i), c.imageID, c.image.Ref)
 			}
 			its = append(its, it)
@@ -290,15 +291,23 @@ func BenchmarkCreate(b *testing.B) {
 	b.Run("cold", func(b *testing.B) {
 		var refusals, admitted, lastTry, reference, refRefusals []time.Duration
 		var attempts []int
+		order := iterationOrder()
 		for i := 0; b.Loop(); i++ {
 			g, trivial := c.gated[c.active], c.gated[1-c.active]
 			img := c.policy.push(b, c.bed, fmt.Sprintf("trust/cold-%d", i), "v1", 0)
 			// Straight into containerd: pullguard never saw this image.
 			_, id := pull(b, g.cri.Image, img.Ref)
-			reference = append(reference, trivial.mustCreate(b, fmt.Sprintf("r%d", i), c.imageID, c.image.Ref))
-			refRefusals = append(refRefusals, trivialRefusal(b, &trivial.gateTarget, fmt.Sprintf("%s%d", refusePrefix, i), c.imageID, c.image.Ref))
-			cold := coldCreate(b, &g.gateTarget, fmt.Sprintf("cold%d", i), id, img.Ref)
-			refusals, admitted, lastTry, attempts = append(refusals, cold.refused), append(admitted, cold.total), append(lastTry, cold.admittedTry), append(attempts, cold.attempts)
+			for _, j := range order(3) {
+				switch j {
+				case 0:
+					reference = append(reference, trivial.mustCreate(b, fmt.Sprintf("r%d", i), c.imageID, c.image.Ref))
+				case 1:
+					refRefusals = append(refRefusals, trivialRefusal(b, &trivial.gateTarget, fmt.Sprintf("%s%d", refusePrefix, i), c.imageID, c.image.Ref))
+				case 2:
+					cold := coldCreate(b, &g.gateTarget, fmt.Sprintf("cold%d", i), id, img.Ref)
+					refusals, admitted, lastTry, attempts = append(refusals, cold.refused), append(admitted, cold.total), append(lastTry, cold.admittedTry), append(attempts, cold.attempts)
+				}
+			}
 		}
 		mr, mref, ma, mrr := median(refusals), median(reference), median(admitted), median(refRefusals)
 		b.ReportMetric(ms(mref), "trivial-ms")

@@ -129,38 +129,24 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 		return false, fmt.Errorf("start pullguard: %w", err)
 	}
 	defer func() { _ = pg.Stop() }()
-	image, err := testbed.DialCRI(pg.Socket)
+	probe, err := testbed.DialCRI(pg.Socket)
 	if err != nil {
 		return false, err
 	}
-	defer image.Close()
-	// kubelet's runtime client: a connection of its own to containerd's socket.
-	runtimeEP, err := testbed.DialCRI(bed.Containerd.Socket)
-	if err != nil {
-		return false, err
-	}
-	defer runtimeEP.Close()
-	if _, err := image.Runtime.Version(ctx, &runtimeapi.VersionRequest{}); status.Code(err) != codes.Unimplemented {
+	_, err = probe.Runtime.Version(ctx, &runtimeapi.VersionRequest{})
+	probe.Close()
+	if status.Code(err) != codes.Unimplemented {
 		return false, fmt.Errorf("pullguard's socket should refuse runtime calls (Unimplemented), got %v", err)
 	}
 
-	var (
-		relayed  *criEndpoints
-		relayPid int
-	)
+	relaySock, relayPid := "", 0
 	if o.relay {
 		sock, pid, stopRelay, err := startRelay(ctx, bed.Dir, bed.Containerd.Socket)
 		if err != nil {
 			return false, err
 		}
 		defer stopRelay()
-		relayPid = pid
-		c, err := testbed.DialCRI(sock)
-		if err != nil {
-			return false, err
-		}
-		defer c.Close()
-		relayed = &criEndpoints{c.Runtime, c.Image}
+		relaySock, relayPid = sock, pid
 	}
 
 	// The figures only mean something next to the machine's load: a busy machine delays an extra
@@ -170,8 +156,13 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 	results := make([]result, 0, len(calls))
 	for _, c := range calls {
 		fmt.Fprintf(os.Stderr, "measuring %s...\n", c.name)
+		sides, err := dialSides(bed.Containerd.Socket, pg.Socket, relaySock)
+		if err != nil {
+			return false, err
+		}
 		pgCPU, relayCPU := startCPU(pg.Process().Pid()), startCPU(relayPid)
-		r, err := measure(ctx, c, criEndpoints{direct.Runtime, direct.Image}, criEndpoints{runtimeEP.Runtime, image.Image}, relayed, o.warmup, o.iterations)
+		r, err := measure(ctx, c, sides.direct, sides.withPG, sides.relayed, o.warmup, o.iterations)
+		sides.close()
 		if err != nil {
 			return false, fmt.Errorf("measure %s: %w", c.name, err)
 		}
@@ -186,6 +177,59 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 	missed = printReport(os.Stdout, header, results)
 	writeSummary(os.Stdout, "Summary: CRI calls, "+runtimeName, machineState(loadBefore), callSummary(results))
 	return missed, nil
+}
+
+// sides are the clients of one call's measurement, each on connections of its own that carry
+// only that call, so that no side's connection has a history the others lack.
+type sides struct {
+	direct, withPG criEndpoints
+	relayed        *criEndpoints // nil without a relay
+	conns          []*testbed.CRIClient
+}
+
+// dialSides dials direct (containerd's socket), with pullguard as kubelet is wired (the runtime
+// service on containerd's socket, the image service on pullguard's) and, when relaySock is set,
+// through the relay.
+func dialSides(ctdSock, pgSock, relaySock string) (*sides, error) {
+	s := &sides{}
+	dial := func(sock string) (*testbed.CRIClient, error) {
+		c, err := testbed.DialCRI(sock)
+		if err == nil {
+			s.conns = append(s.conns, c)
+		}
+		return c, err
+	}
+	direct, err := dial(ctdSock)
+	if err != nil {
+		return nil, err
+	}
+	runtimeEP, err := dial(ctdSock)
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	imageEP, err := dial(pgSock)
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	s.direct = criEndpoints{direct.Runtime, direct.Image}
+	s.withPG = criEndpoints{runtimeEP.Runtime, imageEP.Image}
+	if relaySock != "" {
+		relay, err := dial(relaySock)
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		s.relayed = &criEndpoints{relay.Runtime, relay.Image}
+	}
+	return s, nil
+}
+
+func (s *sides) close() {
+	for _, c := range s.conns {
+		c.Close()
+	}
 }
 
 // pullImages pushes n small distinct images and pulls them straight into containerd, so that

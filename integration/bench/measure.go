@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"runtime"
 	"slices"
@@ -74,8 +75,8 @@ func (r result) meetsTargets() bool {
 }
 
 // measure times c straight to containerd, as kubelet makes it with pullguard installed, and (if
-// relayed is not nil) through the byte relay, rotating which goes first on every iteration so
-// that drift (other load, GC, caches) hits all sides alike.
+// relayed is not nil) through the byte relay, in a new random order on every iteration (see
+// iterationOrder) so that drift (other load, GC, caches) hits all sides alike.
 func measure(ctx context.Context, c benchCall, direct, withPG criEndpoints, relayed *criEndpoints, warmup, n int) (result, error) {
 	once := func(e criEndpoints) (time.Duration, error) {
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
@@ -100,9 +101,9 @@ func measure(ctx context.Context, c benchCall, direct, withPG criEndpoints, rela
 	for i := range times {
 		times[i] = make([]time.Duration, n)
 	}
+	order := iterationOrder()
 	for i := range n {
-		for k := range targets {
-			j := (i + k) % len(targets)
+		for _, j := range order(len(targets)) {
 			t, err := once(targets[j])
 			if err != nil {
 				return result{}, fmt.Errorf("%s: %w", names[j], err)
@@ -116,6 +117,16 @@ func measure(ctx context.Context, c benchCall, direct, withPG criEndpoints, rela
 		r.relay = &l
 	}
 	return r, nil
+}
+
+// iterationOrder returns a source of orders in which to visit n sides in one iteration: a random
+// permutation each time, from a fixed seed so that runs are alike. A rotation would not do: each
+// side would mostly follow the same other side, and a call pays for what the one before it left
+// running (an extra process still finishing on one of few CPUs, containerd's clean-up after a
+// create); with random orders every side follows every other equally often.
+func iterationOrder() func(n int) []int {
+	rng := rand.New(rand.NewPCG(1, 2))
+	return rng.Perm
 }
 
 func summarize(ts []time.Duration) latencies {

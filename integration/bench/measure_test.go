@@ -162,3 +162,35 @@ func TestPullguardAddedCancelsTheContainerdDifference(t *testing.T) {
 		t.Errorf("pullguardAdded on one containerd = %v, %v; want the plain paired 5, false", added, both)
 	}
 }
+
+func TestIterationOrderVisitsEverySideAndBalancesWhoFollowsWhom(t *testing.T) {
+	order := iterationOrder()
+	const n, iterations = 3, 3000
+	var follows [n][n]int // follows[a][b]: b came right after a within an iteration
+	first := [n]int{}
+	for range iterations {
+		o := order(n)
+		seen := [n]bool{}
+		for k, j := range o {
+			if seen[j] {
+				t.Fatalf("order %v visits side %d twice", o, j)
+			}
+			seen[j] = true
+			if k > 0 {
+				follows[o[k-1]][j]++
+			}
+		}
+		first[o[0]]++
+	}
+	// 2 adjacent pairs per iteration over 6 ordered pairs: 1000 each when balanced.
+	for a := range n {
+		for b := range n {
+			if a != b && (follows[a][b] < 850 || follows[a][b] > 1150) {
+				t.Errorf("side %d followed side %d %d times in %d iterations, want about 1000: %v", b, a, follows[a][b], iterations, follows)
+			}
+		}
+		if first[a] < 850 || first[a] > 1150 {
+			t.Errorf("side %d went first %d times, want about 1000", a, first[a])
+		}
+	}
+}
