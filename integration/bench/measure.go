@@ -236,6 +236,19 @@ func verdict(added, limit time.Duration, basis string) string {
 	return fmt.Sprintf("≤ %s (%s): %s", fmtDur(limit), basis, v)
 }
 
+// verdictCI judges a target on an estimate's 95% confidence interval [lo, hi]: met when all of it
+// is within the limit, missed when all of it is above, and not resolved by the run otherwise.
+func verdictCI(lo, hi, limit time.Duration, basis string) string {
+	v := "not resolved by this run"
+	switch {
+	case hi <= limit:
+		v = "met"
+	case lo > limit:
+		v = "**missed**"
+	}
+	return fmt.Sprintf("≤ %s (%s; 95%% CI %s to %s): %s", fmtDur(limit), basis, signed(lo), signed(hi), v)
+}
+
 // machineState names what the figures depend on: the CPUs and the 1-minute load average before
 // and after.
 func machineState(loadBefore string) string {

@@ -194,3 +194,47 @@ func TestIterationOrderVisitsEverySideAndBalancesWhoFollowsWhom(t *testing.T) {
 		}
 	}
 }
+
+func TestVerdictCI(t *testing.T) {
+	const limit = 300 * time.Microsecond
+	for _, tc := range []struct {
+		lo, hi time.Duration
+		want   string
+	}{
+		{-100 * time.Microsecond, 250 * time.Microsecond, ": met"},
+		{-100 * time.Microsecond, 300 * time.Microsecond, ": met"},
+		{100 * time.Microsecond, 900 * time.Microsecond, "not resolved"},
+		{301 * time.Microsecond, 900 * time.Microsecond, "**missed**"},
+	} {
+		got := verdictCI(tc.lo, tc.hi, limit, "paired")
+		if !strings.Contains(got, tc.want) {
+			t.Errorf("verdictCI(%v, %v) = %q, want %q", tc.lo, tc.hi, got, tc.want)
+		}
+	}
+}
+
+func TestPullguardAddedCI(t *testing.T) {
+	// Every iteration says 1 over the trivial validator on either containerd: no spread, so the
+	// interval is that one value.
+	var its []warmIteration
+	for i := range 40 {
+		it := warmIteration{active: i % 2}
+		it.took[onPullguard], it.took[onTrivial] = 101, 100
+		its = append(its, it)
+	}
+	if lo, hi := pullguardAddedCI(its); lo != 1 || hi != 1 {
+		t.Errorf("interval without spread = [%v, %v], want [1, 1]", lo, hi)
+	}
+	// Spread both ways around 1: the interval holds the estimate and is wider than a point.
+	for i := range its {
+		its[i].took[onPullguard] += time.Duration(i%5-2) * 10
+	}
+	est, _, _ := pullguardAdded(its)
+	lo, hi := pullguardAddedCI(its)
+	if lo > est || hi < est || lo == hi {
+		t.Errorf("interval [%v, %v] around the estimate %v: want it to hold the estimate and have a width", lo, hi, est)
+	}
+	if lo, hi := pullguardAddedCI(nil); lo != 0 || hi != 0 {
+		t.Errorf("interval of no iterations = [%v, %v], want zero", lo, hi)
+	}
+}
