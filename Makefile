@@ -57,8 +57,10 @@ FUZZTIME ?= 20s
 fuzz:
 	bash hack/fuzz.sh $(FUZZTIME)
 
-# Go benchmarks of the packages, then direct containerd vs through pullguard in
-# one run: pass-through calls, verified pulls (cold, warm, with VA), creates.
+# Go benchmarks of the packages, then pullguard against the same operation
+# without it, each in one run: kubelet's CRI calls (image calls through
+# pullguard, runtime calls beside it), creates through the NRI gate, verified
+# pulls (cold, warm, with VA). See integration/bench/README.md.
 bench: export PULLGUARD_BIN = $(BIN)/pullguard
 bench: tools build
 	$(GO) test -run '^$$' -bench . -benchmem ./plugin/...
