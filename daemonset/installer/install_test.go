@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/pullguard/pullguard/plugin/nri/nritest"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -534,7 +535,7 @@ func TestInstallContainerdConfigs(t *testing.T) {
 			validator: map[string]any{"enable": true, "required_plugins": []any{"pullguard"}},
 		},
 	}
-	bin := containerdBinary(t)
+	bin := nritest.ContainerdBinary(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
