@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 )
 
 // NodeImage is content on the node as containerd records it: the image ID
@@ -132,6 +133,11 @@ func rank(d *Decision) int {
 // record named repo@X may point at other content: it is that content which
 // runs).
 func nodeName(r NodeRef) (string, bool) {
+	// containerd's CRI records every image under its ID too ("sha256:<config digest>"). That
+	// is no repository, yet it parses as one (docker.io/library/sha256, tag <hex>).
+	if _, err := digest.Parse(r.Name); err == nil {
+		return "", false
+	}
 	n, err := reference.ParseNormalizedNamed(r.Name)
 	if err != nil {
 		return "", false

@@ -209,6 +209,34 @@ func TestCreateDecidesOnTheNodesContent(t *testing.T) {
 	}
 }
 
+// containerd's CRI also records every image under its ID ("sha256:<config digest>"), for
+// images pulled through CRI and for those another client (ctr) brought. That record names no
+// repository: it must not be decided as docker.io/library/sha256 (a name nobody meant, whose
+// verification would go to Docker Hub and, never succeeding, would hide the real finding as
+// "not verified yet" on every retry).
+func TestCreateIgnoresContainerdsImageIDRecord(t *testing.T) {
+	b := newTrustBed(t)
+	unsigned := b.push(t, "app/prepulled", "v1")
+	facts := cache.New[*Facts](cache.Options{})
+	e := b.engine(t, facts, cluster(trustRule("*")))
+	image := b.srv.Host + "/app/prepulled:v1"
+	// A verification (here, a pull's) established the facts: no signature.
+	if d := e.Decide(context.Background(), Request{Op: OpPull, Image: image}); !d.Denied() {
+		t.Fatal("unsigned image admitted at pull")
+	}
+	id := "sha256:df6463e8579ee137ae6dfddac3b9e01dfa4084d9cabaab5c506713f11aea94bc"
+	d := e.DecideNode(context.Background(), NodeRequest{Op: OpCreate, Namespace: "strict", CachedOnly: true, Image: NodeImage{
+		ID:   id,
+		Refs: []NodeRef{{Name: id, Digest: unsigned}, {Name: image, Digest: unsigned}},
+	}})
+	if !d.Denied() || d.NotVerified || !strings.Contains(d.Reason, "found no signature") {
+		t.Fatalf("want the final denial from the cached facts, got: %s", d.Message())
+	}
+	if strings.Contains(d.Message(), "docker.io") {
+		t.Errorf("the image ID record was decided as a name: %s", d.Message())
+	}
+}
+
 func TestConcurrentIdenticalPullsVerifyOnce(t *testing.T) {
 	b := newTrustBed(t)
 	var listings atomic.Int64
