@@ -191,10 +191,11 @@ func TestBypassClientStringsIgnored(t *testing.T) {
 	sign(t, signed, k.releaseLeaf, trusttest.JWS, nil)
 	evil := pushRunnable(t, b, "strings/evil:v1")
 	pg := startPullguard(t, b, testbed.PullguardOptions{Config: k.configTOML() +
-		policyTOML("strict", "strings-strict", entry{name: host + "/strings/*", trust: true, signers: []string{"release"}}) +
-		policyTOML("system", "kube-system", entry{name: "*"}) +
-		// Short IDs look like Docker Hub names to a parser: a lax rule there must not admit them.
-		policyTOML("hub", "strings-strict-hub", entry{name: "docker.io/library/*"})})
+		policyTOML("strict", "strings-strict", entry{name: host + "/strings/*", trust: true, signers: []string{"release"}},
+			// Image IDs and short IDs parse as Docker Hub names ("sha256:<hex>" as
+			// docker.io/library/sha256): a lax rule there must admit nothing through them.
+			entry{name: "docker.io/library/*"}) +
+		policyTOML("system", "kube-system", entry{name: "*"})})
 	if r := pullIn(t, ctx, b, pg, "strings-strict", "s", signed.Ref); r.Err != nil {
 		t.Fatalf("pull of the signed image: %v", r)
 	}
