@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"io"
 	"log/slog"
 	"os"
@@ -28,7 +29,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	dockerConfig := fs.String("docker-config", "", "read registry credentials from a docker config.json (auths)")
 	verbose := fs.Bool("v", false, "also write the audit log line to stderr")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return cli.ParseError(err)
 	}
 	if fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "usage: pullguard check [--config FILE] [--namespace NS] [--username U --password-stdin | --docker-config FILE] IMAGE")

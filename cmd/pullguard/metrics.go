@@ -1,6 +1,9 @@
 package main
 
 import (
+	"runtime"
+	"runtime/debug"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc/codes"
@@ -18,6 +21,7 @@ type metrics struct {
 	reloads   *prometheus.CounterVec
 	upstream  *prometheus.CounterVec
 	running   *prometheus.GaugeVec
+	unscanned *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -40,12 +44,21 @@ func newMetrics() *metrics {
 			Name: "pullguard_upstream_errors_total",
 			Help: "Forwarded CRI calls that failed upstream, by method and gRPC code (Unavailable: containerd unreachable).",
 		}, []string{"method", "code"}),
+		unscanned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullguard_unscanned_admissions_total",
+			Help: "Images admitted without a scan report because their rule says unscanned = allow, by operation and namespace.",
+		}, []string{"op", "namespace"}),
 		running: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pullguard_running_containers",
 			Help: "Running containers by namespace and verdict (admit, deny, pending: not decided yet).",
 		}, []string{"namespace", "verdict"}),
 	}
-	m.registry.MustRegister(m.decisions, m.latency, m.reloads, m.upstream, m.running,
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pullguard_build_info",
+		Help: "Always 1: the running pullguard's version, source revision and Go version.",
+	}, []string{"version", "revision", "goversion"})
+	build.WithLabelValues(buildInfo()).Set(1)
+	m.registry.MustRegister(m.decisions, m.latency, m.reloads, m.upstream, m.running, m.unscanned, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -57,6 +70,9 @@ func (m *metrics) ObserveDecision(d *enforce.Decision) {
 		verdict = "audit"
 	}
 	m.decisions.WithLabelValues(string(d.Op), verdict, string(d.Category), d.Namespace).Inc()
+	if d.Unscanned && !d.Denied() {
+		m.unscanned.WithLabelValues(string(d.Op), d.Namespace).Inc()
+	}
 	m.latency.WithLabelValues(string(d.Op)).Observe(d.Latency.Seconds())
 }
 
@@ -108,4 +124,17 @@ func (m *metrics) reloaded(ok bool) {
 	} else {
 		m.reloads.WithLabelValues("rejected").Inc()
 	}
+}
+
+// buildInfo is the version, source revision and Go version of this binary.
+func buildInfo() (ver, revision, goVersion string) {
+	revision, goVersion = "unknown", runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				revision = s.Value
+			}
+		}
+	}
+	return version, revision, goVersion
 }

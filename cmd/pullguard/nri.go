@@ -123,6 +123,14 @@ func startNRI(ctx context.Context, cfg *config.Config, comp *components, srv *im
 		_ = plugin.Run(ctx)
 	}()
 	go tracker.Run(ctx)
+	// Read containerd's image records now, not at the first create: a node
+	// holding many images would otherwise spend part of that create's
+	// deadline reading them.
+	go func() {
+		if err := images.Refresh(ctx); err != nil {
+			log.Debug("containerd's image records not read yet; the first lookup reads them", "error", err)
+		}
+	}()
 	go func() {
 		t := time.NewTicker(sandboxRecheck)
 		defer t.Stop()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"io"
 	"log/slog"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/pullguard/pullguard/config"
 	"github.com/pullguard/pullguard/plugin/enforce"
 	"github.com/pullguard/pullguard/plugin/imageproxy"
+	"github.com/pullguard/pullguard/plugin/running"
 )
 
 const defaultConfigPath = "/etc/pullguard/config.toml"
@@ -30,7 +32,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	configPath := fs.String("config", defaultConfigPath, "node config file (TOML)")
 	reloadEvery := fs.Duration("reload-interval", 2*time.Second, "how often to look for config and policy changes (0 = only on SIGHUP)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return cli.ParseError(err)
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "pullguard serve: unexpected arguments %q\n", fs.Args())
@@ -130,6 +132,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	go func() { serveErr <- srv.Serve(l) }()
 	log.Info("pullguard serving", "socket", cfg.Server.Socket, "upstream", cfg.Server.UpstreamPath(),
 		"nri_mode", cfg.NRI.Mode, "policy_hash", comp.engine.Policies().Hash(), "version", version)
+	go notifyReady(bgCtx, gate, log)
+	// The watchdog is fed by this loop itself: a loop stuck on anything
+	// stops feeding it, and systemd restarts pullguard.
+	var watchdog <-chan time.Time
+	if d := watchdogInterval(); d > 0 {
+		wt := time.NewTicker(d)
+		defer wt.Stop()
+		watchdog = wt.C
+	}
 
 	r := &reloader{
 		path:  *configPath,
@@ -163,8 +174,11 @@ loop:
 			r.reload(ctx, true)
 		case <-tick:
 			r.reload(ctx, false)
+		case <-watchdog:
+			watchdogPing()
 		}
 	}
+	notifyStopping()
 
 	// Drain in-flight calls (a pull can take a while), bounded. The NRI
 	// plugin goes last: until then containerd's creates are still decided,
@@ -221,15 +235,11 @@ func (r readiness) ready(ctx context.Context) error {
 	return nil
 }
 
-// statusPath serves the running workloads as JSON (`pullguard status`, the
-// agent).
-const statusPath = "/v1/status"
-
 // opsMux serves the operations endpoints: metrics, liveness, readiness, and
 // the running workloads.
 func opsMux(ready readiness, m *metrics) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.HandleFunc(statusPath, func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc(running.StatusPath, func(w http.ResponseWriter, _ *http.Request) {
 		if ready.nri == nil {
 			http.Error(w, "pull-only mode: pullguard does not see running containers", http.StatusNotFound)
 			return

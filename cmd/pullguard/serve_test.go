@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/pullguard/pullguard/plugin/running"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -290,6 +292,7 @@ func TestServeHealthReadyAndMetrics(t *testing.T) {
 		"pullguard_decision_duration_seconds_bucket",
 		`pullguard_upstream_errors_total{code="Unavailable",method="/runtime.v1.ImageService/ImageFsInfo"} 1`,
 		"pullguard_facts_cache_hits_total",
+		`pullguard_build_info{goversion="go`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
@@ -392,11 +395,48 @@ func TestServeAdminSocket(t *testing.T) {
 	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "containerd not ready") {
 		t.Errorf("/readyz with the stand-in containerd = %d %q, want 503 naming containerd", code, body)
 	}
-	if code, body := get(statusPath); code != http.StatusNotFound || !strings.Contains(body, "pull-only") {
-		t.Errorf("%s in pull-only mode = %d %q, want 404 saying why", statusPath, code, body)
+	if code, body := get(running.StatusPath); code != http.StatusNotFound || !strings.Contains(body, "pull-only") {
+		t.Errorf("%s in pull-only mode = %d %q, want 404 saying why", running.StatusPath, code, body)
 	}
 	var out, errb bytes.Buffer
 	if code := runStatus(context.Background(), []string{"--socket", admin}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "pull-only") {
 		t.Errorf("pullguard status in pull-only mode: exit %d, want 2 with the reason: %s%s", code, out.String(), errb.String())
+	}
+}
+
+// TestServeNotifiesSystemd: under systemd (Type=notify, WatchdogSec) serve says READY=1 once it
+// serves, feeds the watchdog from its loop, and says STOPPING=1 when it drains.
+func TestServeNotifiesSystemd(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "200000") // 200ms: pinged every 100ms
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	got := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			got <- string(buf[:n])
+		}
+	}()
+	s := startServe(t, denyAll)
+	want := map[string]bool{"READY=1": false, "WATCHDOG=1": false}
+	deadline := time.After(10 * time.Second)
+	for !want["READY=1"] || !want["WATCHDOG=1"] {
+		select {
+		case m := <-got:
+			want[m] = true
+		case <-deadline:
+			t.Fatalf("systemd was told %v; logs:\n%s", want, s.logs.String())
+		}
 	}
 }

@@ -2,22 +2,16 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"io"
-	"net"
-	"net/http"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/pullguard/pullguard/config"
 	"github.com/pullguard/pullguard/plugin/running"
 )
-
-// maxStatusBytes bounds the status answer read from the daemon.
-const maxStatusBytes = 64 << 20
 
 // runStatus prints the running containers the daemon sees, with its verdict
 // on each. It asks the running daemon over its admin socket, never kubelet.
@@ -28,10 +22,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	socket := fs.String("socket", "", "admin socket of the daemon (default: [server] admin_socket of --config)")
 	output := fs.String("o", "table", "output: table or json")
 	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
+		return cli.ParseError(err)
 	}
 	if *output != "table" && *output != "json" {
 		fmt.Fprintf(stderr, "pullguard status: -o %q: want table or json\n", *output)
@@ -45,7 +36,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		*socket = cfg.Server.AdminSocket
 	}
-	st, raw, err := fetchStatus(ctx, *socket)
+	st, raw, err := running.FetchStatus(ctx, *socket)
 	if err != nil {
 		fmt.Fprintf(stderr, "pullguard status: %v\n", err)
 		return 2
@@ -61,38 +52,6 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 	}
 	return 0
-}
-
-func fetchStatus(ctx context.Context, socket string) (*running.Status, []byte, error) {
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://pullguard"+statusPath, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ask the daemon on %s: %w", socket, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusBytes))
-	if err != nil {
-		return nil, nil, fmt.Errorf("read the daemon's status: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("daemon on %s: %s: %s", socket, resp.Status, strings.TrimSpace(string(raw)))
-	}
-	var st running.Status
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return nil, nil, fmt.Errorf("decode the daemon's status: %w", err)
-	}
-	return &st, raw, nil
 }
 
 func printStatus(w io.Writer, st *running.Status) {

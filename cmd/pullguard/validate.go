@@ -11,6 +11,10 @@ import (
 // runValidateConfig loads a config exactly as serve would (policies
 // included) and reports the first problem. Exit 0 valid, 1 invalid, 2 usage.
 func runValidateConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprintln(stdout, "usage: pullguard validate-config FILE\n\nloads a node config and its policies (and the signers' trust stores) as serve would; exit 0 valid, 1 invalid, 2 usage")
+		return 0
+	}
 	if len(args) != 1 || args[0] == "" || args[0][0] == '-' {
 		fmt.Fprintln(stderr, "usage: pullguard validate-config FILE")
 		return 2

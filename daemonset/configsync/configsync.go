@@ -102,7 +102,7 @@ func (s *Syncer) SyncOnce(ctx context.Context) (Outcome, error) {
 		return s.fail(fmt.Errorf("read install state: %w", err))
 	}
 	if st == nil {
-		return s.fail(fmt.Errorf("pullguard is not installed on this host (no %s); run `pullguard install` first", hoststate.StatePath))
+		return s.fail(fmt.Errorf("pullguard is not installed on this host (no %s); run `pullguard-agent install` first", hoststate.StatePath))
 	}
 	b, err := bundle.Read(bundle.Source{ConfigFile: s.opts.ConfigFile, PoliciesDir: s.opts.PoliciesDir, TruststoreDir: s.opts.TruststoreDir})
 	if err != nil {

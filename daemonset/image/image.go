@@ -1,8 +1,9 @@
 // Package image builds pullguard's container image without a container
-// engine: one layer holding the static binary, the default node config and
-// the default policies, written as an OCI image and pushed with
-// go-containerregistry. The DaemonSet runs this image; the binary in it is
-// what `pullguard install` copies to the node.
+// engine: one layer holding the two static binaries, the default node config
+// and the default policies, written as an OCI image and pushed with
+// go-containerregistry. The DaemonSet runs this image's pullguard-agent; the
+// pullguard binary in it is the node daemon that `pullguard-agent install`
+// copies to the node.
 package image
 
 import (
@@ -35,6 +36,7 @@ import (
 // Paths inside the image.
 const (
 	BinaryPath   = "/usr/local/bin/pullguard"
+	AgentPath    = "/usr/local/bin/pullguard-agent"
 	ConfigPath   = "/etc/pullguard/config.toml"
 	PoliciesPath = "/etc/pullguard/policies"
 )
@@ -48,7 +50,8 @@ const (
 
 // Spec says what goes into the image.
 type Spec struct {
-	Binary      string // a statically linked pullguard binary (CGO_ENABLED=0)
+	Binary      string // the statically linked node daemon, pullguard (CGO_ENABLED=0)
+	Agent       string // the statically linked pullguard-agent, the image's entrypoint
 	Config      string // default config.toml; empty: none
 	PoliciesDir string // default policy files (*.yaml, *.yml, *.toml); empty: none
 	Version     string // recorded as org.opencontainers.image.version
@@ -70,7 +73,16 @@ func Build(spec Spec) (v1.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build image: %s: %w", spec.Binary, err)
 	}
-	files := []file{{path: BinaryPath, data: bin, mode: 0o755}}
+	agent, err := hoststate.ReadBounded(spec.Agent, maxBinaryBytes)
+	if err != nil {
+		return nil, fmt.Errorf("build image: read agent binary: %w", err)
+	}
+	if agentArch, err := staticLinuxArch(agent); err != nil {
+		return nil, fmt.Errorf("build image: %s: %w", spec.Agent, err)
+	} else if agentArch != arch {
+		return nil, fmt.Errorf("build image: %s is for %s, %s for %s", spec.Agent, agentArch, spec.Binary, arch)
+	}
+	files := []file{{path: BinaryPath, data: bin, mode: 0o755}, {path: AgentPath, data: agent, mode: 0o755}}
 	if spec.Config != "" {
 		data, err := hoststate.ReadBounded(spec.Config, maxFileBytes)
 		if err != nil {
@@ -112,8 +124,8 @@ func Build(spec Spec) (v1.Image, error) {
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", arch
 	cf.Created = v1.Time{Time: spec.Created}
-	cf.Config.Entrypoint = []string{BinaryPath}
-	cf.Config.Cmd = []string{"serve", "--config", ConfigPath}
+	cf.Config.Entrypoint = []string{AgentPath}
+	cf.Config.Cmd = []string{"--help"}
 	cf.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	cf.Config.WorkingDir = "/"
 	cf.Config.Labels = map[string]string{

@@ -46,7 +46,8 @@ func TestBuildPushAndReadBack(t *testing.T) {
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/pullguard:test"
 
 	bin := staticBinary(t)
-	img, err := Build(Spec{Binary: bin, Config: "../node/config.toml", PoliciesDir: "../policies", Version: "v0.0.1-test"})
+	agent := staticBinary(t)
+	img, err := Build(Spec{Binary: bin, Agent: agent, Config: "../node/config.toml", PoliciesDir: "../policies", Version: "v0.0.1-test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func TestBuildPushAndReadBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(cf.Config.Entrypoint, []string{BinaryPath}) || cf.OS != "linux" || cf.Architecture != runtime.GOARCH {
+	if !slices.Equal(cf.Config.Entrypoint, []string{AgentPath}) || cf.OS != "linux" || cf.Architecture != runtime.GOARCH {
 		t.Errorf("config: entrypoint %v os %s arch %s", cf.Config.Entrypoint, cf.OS, cf.Architecture)
 	}
 	if cf.Config.Labels["org.opencontainers.image.version"] != "v0.0.1-test" {
@@ -110,8 +111,10 @@ func TestBuildPushAndReadBack(t *testing.T) {
 	if string(binData) != string(want) {
 		t.Fatalf("binary in the image differs from the input (%d vs %d bytes)", len(binData), len(want))
 	}
-	if h := files[BinaryPath]; h.Mode&0o111 == 0 || h.Uid != 0 {
-		t.Errorf("binary header mode %o uid %d", h.Mode, h.Uid)
+	for _, p := range []string{BinaryPath, AgentPath} {
+		if h := files[p]; h == nil || h.Mode&0o111 == 0 || h.Uid != 0 {
+			t.Errorf("%s: header %+v", p, h)
+		}
 	}
 	for _, p := range []string{ConfigPath, PoliciesPath + "/00-cluster-default.yaml", PoliciesPath + "/10-kube-system.yaml", PoliciesPath + "/20-pullguard-system.yaml", "/usr/local/bin", "/tmp"} {
 		if files[p] == nil {
@@ -130,11 +133,11 @@ func TestBuildPushAndReadBack(t *testing.T) {
 
 func TestBuildIsReproducible(t *testing.T) {
 	bin := staticBinary(t)
-	a, err := Build(Spec{Binary: bin, Config: "../node/config.toml"})
+	a, err := Build(Spec{Binary: bin, Agent: bin, Config: "../node/config.toml"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Build(Spec{Binary: bin, Config: "../node/config.toml"})
+	b, err := Build(Spec{Binary: bin, Agent: bin, Config: "../node/config.toml"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,12 +154,15 @@ func TestBuildRefusesUnusableBinaries(t *testing.T) {
 	if err := os.WriteFile(script, []byte("#!/bin/sh\necho hi\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Build(Spec{Binary: script}); err == nil || !strings.Contains(err.Error(), "ELF") {
+	if _, err := Build(Spec{Binary: script, Agent: script}); err == nil || !strings.Contains(err.Error(), "ELF") {
 		t.Errorf("shell script accepted: %v", err)
+	}
+	if _, err := Build(Spec{Binary: staticBinary(t), Agent: script}); err == nil || !strings.Contains(err.Error(), "ELF") {
+		t.Errorf("shell script accepted as the agent: %v", err)
 	}
 	// Debian's coreutils are dynamically linked; only assert where it is.
 	if f, err := elf.Open("/bin/true"); err == nil && slices.ContainsFunc(f.Progs, func(p *elf.Prog) bool { return p.Type == elf.PT_INTERP }) {
-		if _, err := Build(Spec{Binary: "/bin/true"}); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+		if _, err := Build(Spec{Binary: "/bin/true", Agent: "/bin/true"}); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
 			t.Errorf("dynamic binary accepted: %v", err)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -60,119 +59,14 @@ type pluginSpec struct {
 	timeout     time.Duration // [nri] timeout
 }
 
-// ctdFile is one containerd config file as containerd reads it.
-type ctdFile struct {
-	path    string // host path
-	version int64
-	imports []string // as written
-	raw     map[string]any
-}
-
-// plugins returns the file's table of the plugin id, nil when it has none.
-func (f ctdFile) plugin(id string) map[string]any {
-	p, _ := f.raw["plugins"].(map[string]any)
-	t, _ := p[id].(map[string]any)
-	return t
-}
-
-// readContainerdFiles reads containerd's main config and every file it
-// imports, in containerd's order: the main file, then imports breadth
-// first, each file once. fsys holds the node's /.
-func readContainerdFiles(fsys fs.FS, main string) ([]ctdFile, error) {
-	var (
-		out     []ctdFile
-		pending = []string{main}
-		seen    = map[string]bool{}
-	)
-	for len(pending) > 0 {
-		p := pending[0]
-		pending = pending[1:]
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		if len(seen) > maxContainerdFiles {
-			return nil, fmt.Errorf("containerd config %s: more than %d imported files", main, maxContainerdFiles)
-		}
-		data, err := readFS(fsys, p)
-		if err != nil {
-			return nil, err
-		}
-		f, err := parseContainerdFile(p, data)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, f)
-		for _, imp := range f.imports {
-			matches, err := resolveImport(fsys, p, imp)
-			if err != nil {
-				return nil, fmt.Errorf("containerd config %s: import %q: %w", p, imp, err)
-			}
-			pending = append(pending, matches...)
-		}
-	}
-	return out, nil
-}
-
-func parseContainerdFile(p string, data []byte) (ctdFile, error) {
-	f := ctdFile{path: p}
-	if _, err := toml.Decode(string(data), &f.raw); err != nil {
-		return f, fmt.Errorf("containerd config %s: %w", p, err)
-	}
-	if v, ok := f.raw["version"]; ok {
-		n, ok := v.(int64)
-		if !ok {
-			return f, fmt.Errorf("containerd config %s: version is not a number", p)
-		}
-		f.version = n
-	}
-	if v, ok := f.raw["imports"]; ok {
-		list, ok := v.([]any)
-		if !ok {
-			return f, fmt.Errorf("containerd config %s: imports is not a list", p)
-		}
-		for _, e := range list {
-			s, ok := e.(string)
-			if !ok {
-				return f, fmt.Errorf("containerd config %s: imports holds a non-string", p)
-			}
-			f.imports = append(f.imports, s)
-		}
-	}
-	return f, nil
-}
-
-// importPattern is an imports entry as containerd resolves it: cleaned,
-// relative to the importing file's directory.
-func importPattern(parent, imp string) string {
-	imp = filepath.Clean(imp)
-	if !filepath.IsAbs(imp) {
-		imp = filepath.Join(filepath.Dir(parent), imp)
-	}
-	return imp
-}
-
-// resolveImport expands one imports entry as containerd does: a glob only
-// when it holds a '*'.
-func resolveImport(fsys fs.FS, parent, imp string) ([]string, error) {
-	pat := importPattern(parent, imp)
-	if !strings.Contains(pat, "*") {
-		return []string{pat}, nil
-	}
-	matches, err := fs.Glob(fsys, strings.TrimPrefix(pat, "/"))
-	if err != nil {
-		return nil, err
-	}
-	for i, m := range matches {
-		matches[i] = "/" + m
-	}
-	return matches, nil
-}
+// ctdFile is one containerd config file as containerd reads it; serve's
+// reader and the installer read them the same way.
+type ctdFile = nri.ContainerdFile
 
 // importCovers says whether containerd would read file through the
 // imports entry imp of parent.
 func importCovers(parent, imp, file string) bool {
-	pat := importPattern(parent, imp)
+	pat := nri.ImportPattern(parent, imp)
 	if !strings.Contains(pat, "*") {
 		return pat == file
 	}
@@ -180,36 +74,15 @@ func importCovers(parent, imp, file string) bool {
 	return err == nil && ok
 }
 
-func readFS(fsys fs.FS, p string) ([]byte, error) {
-	f, err := fsys.Open(strings.TrimPrefix(p, "/"))
-	if err != nil {
-		// The fs.FS path lacks the leading '/': name the file as the node does.
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, fmt.Errorf("read containerd config %s: %w", p, err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxContainerdFileBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("read containerd config %s: %w", p, err)
-	}
-	if len(data) > maxContainerdFileBytes {
-		return nil, fmt.Errorf("containerd config %s: larger than %d bytes", p, maxContainerdFileBytes)
-	}
-	return data, nil
-}
-
 // mergedNRI merges the NRI tables of files, skipping the file at skip, as
 // containerd merges them (nri.MergeTables).
 func mergedNRI(files []ctdFile, skip string) map[string]any {
 	var out map[string]any
 	for _, f := range files {
-		if f.path == skip {
+		if f.Path == skip {
 			continue
 		}
-		if t := f.plugin(nri.ContainerdPluginID); t != nil {
+		if t := f.Plugin(nri.ContainerdPluginID); t != nil {
 			out = nri.MergeTables(out, t)
 		}
 	}
@@ -223,7 +96,7 @@ func mergedNRI(files []ctdFile, skip string) map[string]any {
 func sandboxImage(files []ctdFile) string {
 	img := ""
 	for _, f := range files {
-		if t := f.plugin("io.containerd.cri.v1.images"); t != nil {
+		if t := f.Plugin("io.containerd.cri.v1.images"); t != nil {
 			if pinned, ok := t["pinned_images"].(map[string]any); ok {
 				if s, ok := pinned["sandbox"].(string); ok && s != "" {
 					img = s
@@ -231,7 +104,7 @@ func sandboxImage(files []ctdFile) string {
 				}
 			}
 		}
-		if t := f.plugin("io.containerd.grpc.v1.cri"); t != nil {
+		if t := f.Plugin("io.containerd.grpc.v1.cri"); t != nil {
 			if s, ok := t["sandbox_image"].(string); ok && s != "" {
 				img = s
 			}
@@ -271,7 +144,7 @@ func planContainerd(root hoststate.Root, main string, spec pluginSpec) (*contain
 	}
 	var files []ctdFile
 	if mainFile != nil {
-		if files, err = readContainerdFiles(host, main); err != nil {
+		if files, err = nri.ReadContainerdFiles(host, main); err != nil {
 			return nil, err
 		}
 	} else {
@@ -280,23 +153,23 @@ func planContainerd(root hoststate.Root, main string, spec pluginSpec) (*contain
 		mainFile = &hostFile{hostPath: main, mode: 0o644, absent: true}
 	}
 	for _, f := range files {
-		if d, ok := f.raw["disabled_plugins"].([]any); ok && slices.Contains(d, any(nri.ContainerdPluginID)) {
+		if d, ok := f.Raw["disabled_plugins"].([]any); ok && slices.Contains(d, any(nri.ContainerdPluginID)) {
 			return nil, fmt.Errorf("containerd's config %s lists %s in disabled_plugins: remove it there (install does not override an explicit disable of NRI)",
-				f.path, nri.ContainerdPluginID)
+				f.Path, nri.ContainerdPluginID)
 		}
 	}
 
 	var mainImports []string
 	var mainVersion int64
 	if len(files) > 0 {
-		mainImports, mainVersion = files[0].imports, files[0].version
+		mainImports, mainVersion = files[0].Imports, files[0].Version
 	}
 	// Candidates: a directory an imports glob of the main file already
 	// reads (the last entry first: containerd reads it later), then the
 	// default drop-in added to the imports.
 	var candidates []string
 	for i := len(mainImports) - 1; i >= 0; i-- {
-		pat := importPattern(main, mainImports[i])
+		pat := nri.ImportPattern(main, mainImports[i])
 		c := filepath.Join(filepath.Dir(pat), NRIDropInName)
 		if !strings.ContainsAny(c, "*?[\\") && importCovers(main, mainImports[i], c) && !slices.Contains(candidates, c) {
 			candidates = append(candidates, c)
@@ -357,7 +230,7 @@ func planDropIn(root hoststate.Root, host fs.FS, mainFile *hostFile, files []ctd
 	if addImport {
 		var data []byte
 		if mainFile.absent {
-			data = []byte("# Written by pullguard install (containerd had no config file); removed by pullguard uninstall.\n" +
+			data = []byte("# Written by pullguard-agent install (containerd had no config file); removed by pullguard-agent uninstall.\n" +
 				"version = 3\nimports = [" + strconv.Quote(dropIn) + "]\n")
 		} else if data, err = addContainerdImport(mainFile.data, dropIn); err != nil {
 			return nil, refusal{fmt.Errorf("%s: %w", mainFile.hostPath, err)}
@@ -371,11 +244,11 @@ func planDropIn(root hoststate.Root, host fs.FS, mainFile *hostFile, files []ctd
 		planned[e.file.hostPath] = e.data
 	}
 	view := overlayFS{base: host, files: planned}
-	after, err := readContainerdFiles(view, mainFile.hostPath)
+	after, err := nri.ReadContainerdFiles(view, mainFile.hostPath)
 	if err != nil {
 		return nil, err
 	}
-	if !slices.ContainsFunc(after, func(f ctdFile) bool { return f.path == dropIn }) {
+	if !slices.ContainsFunc(after, func(f ctdFile) bool { return f.Path == dropIn }) {
 		return nil, errors.New("containerd would not read it")
 	}
 	if got := mergedNRI(after, ""); !reflect.DeepEqual(got, section) {
@@ -460,7 +333,7 @@ func renderDropIn(section map[string]any, mainVersion int64) ([]byte, error) {
 		version = 4
 	}
 	var buf bytes.Buffer
-	buf.WriteString(`# Written by pullguard install; removed by pullguard uninstall, which also puts
+	buf.WriteString(`# Written by pullguard-agent install; removed by pullguard-agent uninstall, which also puts
 # back containerd's config as it was.
 #
 # containerd's NRI with its default validator requiring pullguard: containerd

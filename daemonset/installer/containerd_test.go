@@ -119,34 +119,6 @@ func TestOverlayFSGlobsPlannedFiles(t *testing.T) {
 	}
 }
 
-// containerdBinary is the pinned containerd (PULLGUARD_TOOLS_BIN, else the
-// repository's .tools/bin), or "" when it is not installed.
-func containerdBinary(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("PULLGUARD_TOOLS_BIN")
-	if dir == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for d := wd; ; d = filepath.Dir(d) {
-			if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-				dir = filepath.Join(d, ".tools", "bin")
-				break
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	p := filepath.Join(dir, "containerd")
-	if fi, err := os.Stat(p); err != nil || fi.IsDir() {
-		t.Log("containerd not installed (make tools); not checking against containerd's own loader")
-		return ""
-	}
-	return p
-}
-
 // dumpContainerd runs containerd's own loader (containerd config dump) on
 // the node's containerd config. The files under /etc/containerd are copied
 // out with their absolute /etc/containerd/ paths pointed at the copy, so

@@ -201,7 +201,7 @@ func planInstall(ctx context.Context, opts Options) (*installPlan, error) {
 	kub := p.kub
 	if sameEndpoint(kub.runtimeEndpoint, p.endpoint) {
 		return nil, fmt.Errorf("kubelet's runtime endpoint is pullguard's socket %s, as an earlier pullguard that also served the runtime left it; "+
-			"run `pullguard uninstall` first (it puts kubelet's configuration back from its backup), then install again", p.endpoint)
+			"run `pullguard-agent uninstall` first (it puts kubelet's configuration back from its backup), then install again", p.endpoint)
 	}
 	p.kubWired = sameEndpoint(kub.imageEndpoint, p.endpoint)
 	if p.kubWired && !st.KubeletWired {
@@ -221,7 +221,7 @@ func planInstall(ctx context.Context, opts Options) (*installPlan, error) {
 	if opts.PullOnly {
 		if st.ContainerdWired {
 			return nil, fmt.Errorf("containerd requires pullguard on this node (installed without --pull-only): in pull-only mode pullguard registers no NRI plugin, " +
-				"and containerd would refuse every container create; run `pullguard uninstall` first, then install --pull-only")
+				"and containerd would refuse every container create; run `pullguard-agent uninstall` first, then install --pull-only")
 		}
 		p.res.Mode, p.node.NRIMode = config.NRIPullOnly, config.NRIPullOnly
 		for _, g := range PullOnlyGaps {

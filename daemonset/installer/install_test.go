@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/pullguard/pullguard/plugin/nri/nritest"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -534,7 +535,7 @@ func TestInstallContainerdConfigs(t *testing.T) {
 			validator: map[string]any{"enable": true, "required_plugins": []any{"pullguard"}},
 		},
 	}
-	bin := containerdBinary(t)
+	bin := nritest.ContainerdBinary(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -686,7 +687,7 @@ func TestInstallRefusesBeforeWriting(t *testing.T) {
 		{name: "another image service in front of containerd", files: map[string]string{"/var/lib/kubelet/config.yaml": splitConfig}, fixture: "default-2.4.2", rt: containerd242,
 			wantErr: ErrUnsupportedLayout, wantInMsg: []string{"unix:///run/other/image.sock", "something else already serves kubelet's image calls"}},
 		{name: "kubelet wired by an earlier pullguard", files: map[string]string{"/var/lib/kubelet/config.yaml": oldLayoutConfig}, fixture: "default-2.4.2", rt: containerd242,
-			wantInMsg: []string{"runtime endpoint is pullguard's socket", "pullguard uninstall"}},
+			wantInMsg: []string{"runtime endpoint is pullguard's socket", "pullguard-agent uninstall"}},
 		{name: "kubelet already uses pullguard, but no install state", files: map[string]string{"/var/lib/kubelet/config.yaml": strings.Replace(plainConfig,
 			"imageServiceEndpoint: unix:///run/containerd/containerd.sock", "imageServiceEndpoint: "+pgEndpoint, 1)}, fixture: "default-2.4.2", rt: containerd242,
 			wantInMsg: []string{"already pullguard's socket", "no backup"}},
@@ -830,7 +831,7 @@ func TestPullOnlyThenEnforce(t *testing.T) {
 	// And back to pull-only is refused: containerd would refuse every create.
 	before := snapshot(t, root, "/")
 	opts.PullOnly = true
-	if _, err := Install(ctx, opts); err == nil || !strings.Contains(err.Error(), "run `pullguard uninstall` first") {
+	if _, err := Install(ctx, opts); err == nil || !strings.Contains(err.Error(), "run `pullguard-agent uninstall` first") {
 		t.Errorf("pull-only over enforce: %v", err)
 	}
 	if diff := diffSnap(before, snapshot(t, root, "/")); diff != "" {
@@ -1087,7 +1088,7 @@ func TestUninstallOfAnEarlierPullguardThatTookTheRuntimeEndpoint(t *testing.T) {
 
 	// install refuses, changing nothing.
 	snap := snapshot(t, root, "/")
-	if _, err := Install(context.Background(), opts); err == nil || !strings.Contains(err.Error(), "pullguard uninstall") {
+	if _, err := Install(context.Background(), opts); err == nil || !strings.Contains(err.Error(), "pullguard-agent uninstall") {
 		t.Fatalf("install over the earlier layout: %v", err)
 	}
 	if diff := diffSnap(snap, snapshot(t, root, "/")); diff != "" {

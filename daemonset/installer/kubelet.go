@@ -84,7 +84,7 @@ func inspectKubelet(root hoststate.Root, configOverride string) (*kubeletSetup, 
 	} {
 		if _, err := os.Stat(root.Path(d.dir)); err == nil {
 			return nil, fmt.Errorf("%w: %s detected (%s exists): its kubelet and containerd are embedded in the %s binary and configured through /etc/rancher/%s/config.yaml "+
-				"and its own containerd config template; pullguard install does not rewire them. Wiring by hand takes, in this order: [server].upstream = \"unix://%s\" "+
+				"and its own containerd config template; pullguard-agent install does not rewire them. Wiring by hand takes, in this order: [server].upstream = \"unix://%s\" "+
 				"in pullguard's config, containerd's NRI default validator requiring pullguard, pullguard started and ready, "+
 				"then kubelet's image service endpoint (not its runtime endpoint) set to unix:///run/pullguard/pullguard.sock",
 				ErrUnsupportedLayout, d.name, d.dir, d.name, d.name, d.sock)

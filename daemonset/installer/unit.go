@@ -17,7 +17,13 @@ const KubeletUnit = "kubelet.service"
 // StartLimitIntervalSec=0 keeps systemd restarting pullguard forever
 // instead of giving up after a burst of failures: while it is down,
 // containerd refuses every container create.
-const unitFile = `# Installed by pullguard install; removed by pullguard uninstall.
+//
+// Type=notify: pullguard says it is ready once its socket serves and
+// containerd has its NRI plugin registered, so kubelet, ordered after it,
+// starts against a node that decides. The serve loop feeds a watchdog; a
+// hung pullguard is restarted. OOMScoreAdjust=-999 as containerd's own unit:
+// the kernel must not pick the process every create depends on.
+const unitFile = `# Installed by pullguard-agent install; removed by pullguard-agent uninstall.
 [Unit]
 Description=pullguard: CRI image service proxy and containerd NRI plugin (image policy)
 Documentation=https://github.com/pullguard/pullguard
@@ -27,7 +33,11 @@ Before=kubelet.service
 StartLimitIntervalSec=0
 
 [Service]
-Type=simple
+Type=notify
+NotifyAccess=main
+TimeoutStartSec=300
+WatchdogSec=30
+OOMScoreAdjust=-999
 ExecStart=` + hoststate.BinaryPath + ` serve --config ` + hoststate.ConfigPath + `
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=always

@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,45 +21,31 @@ import (
 	"github.com/pullguard/pullguard/plugin/va/vatest"
 )
 
-// These benchmarks put numbers on what pullguard adds to the calls it decides
-// on, against direct containerd in the same run (issues 3, 4, 5):
+// These benchmarks put numbers on what pullguard adds where it decides, against the same
+// operation without it, in the same run:
 //
 //	go test -run '^$' -bench . -benchtime 20x ./integration/bench/
 //
-// Each iteration pulls a fresh image straight from containerd and another
-// fresh one through pullguard, interleaved, so both see the same machine; the
-// reported metrics are medians over the iterations.
+// Iterations are interleaved so both sides see the same machine; the reported metrics are
+// medians over the iterations, and TestMain prints a summary table at the end. Creates are in
+// create_bench_test.go.
 
-// decisionBed is a real registry + containerd + pullguard whose policy
-// requires trust (and VA for the "va/" repositories).
-type decisionBed struct {
-	bed     *testbed.Bed
-	pg      *testbed.Pullguard
-	direct  *testbed.CRIClient
-	proxied *testbed.CRIClient
-	// relayed goes through a process that only copies bytes to containerd:
-	// the floor of any extra hop, measured in the same run.
-	relayed *testbed.CRIClient
-	release *trusttest.Leaf
-	scanner *trusttest.Leaf
+// benchPolicy is the policy every benchmark bed uses: images under trust/ need a signature by
+// release, under va/ also a signed scan report (by scanner) with nothing above high, and under
+// open/ nothing.
+type benchPolicy struct {
+	release, scanner *trusttest.Leaf
+	config           string // TOML for a pullguard on a bed whose registry is host
 }
 
-func newDecisionBed(b *testing.B) *decisionBed {
+func newBenchPolicy(b *testing.B, host string) *benchPolicy {
 	b.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	bed, err := testbed.Start(ctx, testbed.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		b.Fatalf("test bed: %v", err)
-	}
-	b.Cleanup(func() { _ = bed.Close(context.Background()) })
-
 	releaseCA, scannerCA := trusttest.NewCA(b, "release root"), trusttest.NewCA(b, "scanner root")
 	subject := func(cn string) pkix.Name {
 		return pkix.Name{Country: []string{"US"}, Province: []string{"WA"}, Organization: []string{"Example"}, CommonName: cn}
 	}
-	d := &decisionBed{bed: bed, release: releaseCA.Leaf(b, subject("release")), scanner: scannerCA.Leaf(b, subject("scanner"))}
-	cfg := fmt.Sprintf(`
+	p := &benchPolicy{release: releaseCA.Leaf(b, subject("release")), scanner: scannerCA.Leaf(b, subject("scanner"))}
+	p.config = fmt.Sprintf(`
 [[signers]]
 name = "release"
 trust_store = %q
@@ -94,14 +78,40 @@ name = "bench"
   enabled = true
   [[policies.repositories]]
   name = "%[3]s/open/*"
-`, trusttest.WriteStore(b, releaseCA), trusttest.WriteStore(b, scannerCA), bed.Registry.Host)
-	d.pg, err = bed.StartPullguard(ctx, testbed.PullguardOptions{Config: cfg})
+`, trusttest.WriteStore(b, releaseCA), trusttest.WriteStore(b, scannerCA), host)
+	return p
+}
+
+// pullBed is a real registry + containerd + pullguard (pull-only: pulls are what is measured)
+// with the benchmark policy.
+type pullBed struct {
+	bed     *testbed.Bed
+	policy  *benchPolicy
+	pg      *testbed.Pullguard
+	direct  *testbed.CRIClient
+	proxied *testbed.CRIClient
+	// relayed goes through a process that only copies bytes to containerd:
+	// the floor of any extra hop, measured in the same run.
+	relayed *testbed.CRIClient
+}
+
+func newPullBed(b *testing.B) *pullBed {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bed, err := testbed.Start(ctx, testbed.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
+		b.Fatalf("test bed: %v", err)
+	}
+	b.Cleanup(func() { _ = bed.Close(context.Background()) })
+	d := &pullBed{bed: bed, policy: newBenchPolicy(b, bed.Registry.Host)}
+	if d.pg, err = bed.StartPullguard(ctx, testbed.PullguardOptions{Config: d.policy.config}); err != nil {
 		b.Fatalf("pullguard: %v", err)
 	}
 	if d.direct, err = testbed.DialCRI(bed.Containerd.Socket); err != nil {
 		b.Fatal(err)
 	}
+	noteRuntime(b, d.direct)
 	if d.proxied, err = testbed.DialCRI(d.pg.Socket); err != nil {
 		b.Fatal(err)
 	}
@@ -116,33 +126,30 @@ name = "bench"
 	return d
 }
 
-// TestMain lets the test binary be the relay process too (startRelay runs
-// this program again with -relay-serve).
-func TestMain(m *testing.M) {
-	if len(os.Args) == 5 && os.Args[1] == "-relay-serve" && os.Args[3] == "-relay-upstream" {
-		if err := serveRelay(os.Args[2], os.Args[4]); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+// noteRuntime records the containerd version for the summary.
+func noteRuntime(b *testing.B, c *testbed.CRIClient) {
+	b.Helper()
+	v, err := c.Runtime.Version(context.Background(), &runtimeapi.VersionRequest{})
+	if err != nil {
+		b.Fatalf("CRI Version: %v", err)
 	}
-	os.Exit(m.Run())
+	runtimeName = v.RuntimeName + " " + v.RuntimeVersion
 }
 
-// push pushes a distinct tiny image to repo:tag, signed by release, with a
+// push pushes a distinct tiny image to repo:tag on bed's registry, signed by release, with a
 // signed scan report of findings low-severity findings when findings > 0.
-func (d *decisionBed) push(b *testing.B, repo, tag string, findings int) string {
+func (p *benchPolicy) push(b *testing.B, bed *testbed.Bed, repo, tag string, findings int) testbed.PushedImage {
 	b.Helper()
 	ctx := context.Background()
 	img, err := testbed.TinyImage(repo + ":" + tag)
 	if err != nil {
 		b.Fatal(err)
 	}
-	pushed, err := d.bed.Registry.Push(ctx, repo+":"+tag, img)
+	pushed, err := bed.Registry.Push(ctx, repo+":"+tag, img)
 	if err != nil {
 		b.Fatal(err)
 	}
-	r, err := testbed.RepoClient(d.bed.Registry.Host, repo, nil)
+	r, err := testbed.RepoClient(bed.Registry.Host, repo, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -150,7 +157,7 @@ func (d *decisionBed) push(b *testing.B, repo, tag string, findings int) string 
 	if err != nil {
 		b.Fatal(err)
 	}
-	trusttest.Sign(b, r, desc, d.release, trusttest.JWS)
+	trusttest.Sign(b, r, desc, p.release, trusttest.JWS)
 	if findings > 0 {
 		vulns := make([]vatest.Vuln, findings)
 		for i := range vulns {
@@ -161,22 +168,33 @@ func (d *decisionBed) push(b *testing.B, repo, tag string, findings int) string 
 		rd := registrytest.PushArtifact(b, r, ocispec.Descriptor{MediaType: desc.MediaType, Digest: digest.Digest(pushed.Digest), Size: desc.Size},
 			"application/sarif+json", "application/sarif+json", report,
 			map[string]string{"org.opencontainers.image.created": now.UTC().Format(time.RFC3339)})
-		trusttest.Sign(b, r, rd, d.scanner, trusttest.JWS)
+		trusttest.Sign(b, r, rd, p.scanner, trusttest.JWS)
 	}
-	return pushed.Ref
+	return pushed
 }
 
-func pull(b *testing.B, c *testbed.CRIClient, ref string) time.Duration {
+// benchSandbox is the pod every pull and create of the benchmarks is made for.
+func benchSandbox(name string) *runtimeapi.PodSandboxConfig {
+	return &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: name}}
+}
+
+// pull pulls ref over image for the bench pod and returns how long it took and the image ID.
+func pull(b *testing.B, image runtimeapi.ImageServiceClient, ref string) (time.Duration, string) {
 	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	start := time.Now()
-	_, err := c.Image.PullImage(context.Background(), &runtimeapi.PullImageRequest{
-		Image:         &runtimeapi.ImageSpec{Image: ref},
-		SandboxConfig: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "bench", Namespace: "bench", Uid: "bench"}},
-	})
+	resp, err := image.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}, SandboxConfig: benchSandbox("bench")})
 	if err != nil {
 		b.Fatalf("pull %s: %v", ref, err)
 	}
-	return time.Since(start)
+	return time.Since(start), resp.ImageRef
+}
+
+func pullTime(b *testing.B, image runtimeapi.ImageServiceClient, ref string) time.Duration {
+	b.Helper()
+	took, _ := pull(b, image, ref)
+	return took
 }
 
 // fetchTag times one GET of a manifest by tag, body read: what resolving a
@@ -196,42 +214,25 @@ func fetchTag(b *testing.B, repo *remote.Repository, tag string) time.Duration {
 	return time.Since(start)
 }
 
-func median(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
-}
-
-func report(b *testing.B, direct, guarded, relayed []time.Duration, targetAdded time.Duration) {
+// reportPull reports a pull benchmark's medians and adds its summary row.
+func reportPull(b *testing.B, what string, direct, guarded, relayed []time.Duration, target time.Duration) {
 	b.Helper()
 	md, mg := median(direct), median(guarded)
 	added := mg - md
 	b.ReportMetric(float64(md.Microseconds())/1000, "direct-ms")
 	b.ReportMetric(float64(mg.Microseconds())/1000, "pullguard-ms")
 	b.ReportMetric(float64(added.Microseconds())/1000, "added-ms")
-	verdict := "PASS"
-	if added > targetAdded {
-		verdict = "MISS"
-	}
+	row := summaryRow{what: what, reference: "direct pull", ref: md, meas: mg, paired: pairedAdded(direct, guarded), target: verdict(added, target, "medians")}
 	relay := ""
 	if len(relayed) > 0 {
 		mr := median(relayed)
 		b.ReportMetric(float64((mr-md).Microseconds())/1000, "relay-added-ms")
+		row.floor = "byte relay " + signed(pairedAdded(direct, relayed)) + " paired"
 		relay = fmt.Sprintf("; through a byte relay %v, added %v (the floor of any extra hop, now); paired: pullguard %v, relay %v",
 			mr, mr-md, pairedAdded(direct, guarded), pairedAdded(direct, relayed))
 	}
-	b.Logf("median direct %v, through pullguard %v, added %v (target <= %v): %s%s", md, mg, added, targetAdded, verdict, relay)
-}
-
-// pairedAdded is the median of the per-iteration differences: each
-// iteration's calls ran back to back, so drift in containerd's own time
-// cancels out better than in a difference of medians.
-func pairedAdded(direct, other []time.Duration) time.Duration {
-	d := make([]time.Duration, min(len(direct), len(other)))
-	for i := range d {
-		d[i] = other[i] - direct[i]
-	}
-	return median(d)
+	b.Logf("median direct %v, through pullguard %v, added %v (target <= %v)%s", md, mg, added, target, relay)
+	runSummary.set(b.Name(), row)
 }
 
 // BenchmarkPull: verified pull (one signature) vs direct pull of a same-sized
@@ -243,118 +244,71 @@ func BenchmarkPull(b *testing.B) {
 	if testing.Short() {
 		b.Skip("needs containerd and a registry")
 	}
-	d := newDecisionBed(b)
+	d := newPullBed(b)
 	for _, tc := range []struct {
 		name     string
+		what     string
 		repo     string
 		findings int
 		cold     time.Duration
 	}{
-		{"trust", "trust", 0, 30 * time.Millisecond},
-		{"trust-va500", "va", 500, 40 * time.Millisecond},
+		{"trust", "verified pull, one signature", "trust", 0, 30 * time.Millisecond},
+		{"trust-va500", "verified pull with VA (one signed report of 500 findings)", "va", 500, 40 * time.Millisecond},
 	} {
 		b.Run(tc.name+"/cold", func(b *testing.B) {
-			n := b.N
-			directRefs, guardedRefs := make([]string, n), make([]string, n)
-			for i := range n {
-				directRefs[i] = d.push(b, fmt.Sprintf("open/%s-direct-%d", tc.name, i), "v1", tc.findings)
-				guardedRefs[i] = d.push(b, fmt.Sprintf("%s/cold-%d", tc.repo, i), "v1", tc.findings)
-			}
+			// Each iteration pulls images nobody pulled before; pushing them is not timed.
 			var direct, guarded []time.Duration
-			b.ResetTimer()
+			order := iterationOrder()
 			for i := 0; b.Loop(); i++ {
-				direct = append(direct, pull(b, d.direct, directRefs[i%n]))
-				guarded = append(guarded, pull(b, d.proxied, guardedRefs[i%n]))
+				directRef := d.policy.push(b, d.bed, fmt.Sprintf("open/%s-direct-%d", tc.name, i), "v1", tc.findings).Ref
+				guardedRef := d.policy.push(b, d.bed, fmt.Sprintf("%s/cold-%d", tc.repo, i), "v1", tc.findings).Ref
+				var took [2]time.Duration
+				for _, j := range order(2) {
+					if j == 0 {
+						took[j] = pullTime(b, d.direct.Image, directRef)
+					} else {
+						took[j] = pullTime(b, d.proxied.Image, guardedRef)
+					}
+				}
+				direct, guarded = append(direct, took[0]), append(guarded, took[1])
 			}
-			report(b, direct, guarded, nil, tc.cold)
+			reportPull(b, tc.what+", cold (nothing cached)", direct, guarded, nil, tc.cold)
 		})
 		b.Run(tc.name+"/warm", func(b *testing.B) {
-			ref := d.push(b, tc.repo+"/warm", "v1", tc.findings)
-			openRef := d.push(b, "open/"+tc.name+"-warm", "v1", tc.findings)
-			pull(b, d.proxied, ref)
-			pull(b, d.direct, openRef)
+			ref := d.policy.push(b, d.bed, tc.repo+"/warm", "v1", tc.findings).Ref
+			openRef := d.policy.push(b, d.bed, "open/"+tc.name+"-warm", "v1", tc.findings).Ref
+			pull(b, d.proxied.Image, ref)
+			pull(b, d.direct.Image, openRef)
 			repo, err := testbed.RepoClient(d.bed.Registry.Host, tc.repo+"/warm", nil)
 			if err != nil {
 				b.Fatal(err)
 			}
 			var direct, guarded, relayed, resolves []time.Duration
-			b.ResetTimer()
+			order := iterationOrder()
 			for b.Loop() {
-				direct = append(direct, pull(b, d.direct, openRef))
-				guarded = append(guarded, pull(b, d.proxied, ref))
-				relayed = append(relayed, pull(b, d.relayed, openRef))
+				var took [3]time.Duration
+				for _, j := range order(3) {
+					switch j {
+					case 0:
+						took[j] = pullTime(b, d.direct.Image, openRef)
+					case 1:
+						took[j] = pullTime(b, d.proxied.Image, ref)
+					case 2:
+						took[j] = pullTime(b, d.relayed.Image, openRef)
+					}
+				}
+				direct, guarded, relayed = append(direct, took[0]), append(guarded, took[1]), append(relayed, took[2])
 				resolves = append(resolves, fetchTag(b, repo, "v1"))
 			}
-			report(b, direct, guarded, relayed, time.Millisecond)
+			reportPull(b, tc.what+", warm (facts cached, content present)", direct, guarded, relayed, time.Millisecond)
 			// Pinning what is pulled to what was verified costs one manifest
 			// fetch by tag that a direct pull does not make.
 			b.Logf("one manifest fetch by tag from this registry, as the decision makes it: median %v", median(resolves))
+			runSummary.set(b.Name()+"/resolve", summaryRow{what: "one manifest fetch by tag from the same registry, timed beside the warm pull above (what pinning it costs the decision)", meas: median(resolves)})
 			lines := d.pg.LogLines(`"op":"pull"`, tc.repo+"/warm")
 			if len(lines) > 0 {
 				b.Log(lines[len(lines)-1])
 			}
 		})
-	}
-}
-
-// BenchmarkCreateContainer: CreateContainer of an image verified at pull
-// time, direct vs through pullguard (which looks the image up and decides
-// from cached facts); target <= 200 µs added.
-func BenchmarkCreateContainer(b *testing.B) {
-	if testing.Short() {
-		b.Skip("needs containerd and a registry")
-	}
-	d := newDecisionBed(b)
-	ctx := context.Background()
-	ref := d.push(b, "trust/create", "v1", 0)
-	pull(b, d.proxied, ref)
-	sandboxCfg := &runtimeapi.PodSandboxConfig{
-		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "bench-create", Namespace: "bench", Uid: "bench-create"},
-		Linux:        &runtimeapi.LinuxPodSandboxConfig{CgroupParent: d.bed.CgroupParent, SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}},
-		LogDirectory: d.bed.Dir,
-	}
-	sb, err := d.direct.Runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sandboxCfg})
-	if err != nil {
-		b.Fatalf("run sandbox: %v", err)
-	}
-	b.Cleanup(func() {
-		_, _ = d.direct.Runtime.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.PodSandboxId})
-		_, _ = d.direct.Runtime.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.PodSandboxId})
-	})
-	st, err := d.direct.Image.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
-	if err != nil || st.Image == nil {
-		b.Fatalf("image status %s: %v", ref, err)
-	}
-	create := func(c *testbed.CRIClient, i int) time.Duration {
-		req := &runtimeapi.CreateContainerRequest{
-			PodSandboxId: sb.PodSandboxId,
-			Config: &runtimeapi.ContainerConfig{
-				Metadata: &runtimeapi.ContainerMetadata{Name: fmt.Sprintf("c%d", i)},
-				Image:    &runtimeapi.ImageSpec{Image: st.Image.Id, UserSpecifiedImage: ref},
-				Command:  []string{"/nothing"},
-			},
-			SandboxConfig: sandboxCfg,
-		}
-		start := time.Now()
-		resp, err := c.Runtime.CreateContainer(ctx, req)
-		took := time.Since(start)
-		if err != nil {
-			b.Fatalf("create: %v", err)
-		}
-		_, _ = d.direct.Runtime.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: resp.ContainerId})
-		return took
-	}
-	var direct, guarded, relayed []time.Duration
-	for i := 0; b.Loop(); i++ {
-		direct = append(direct, create(d.direct, 3*i))
-		guarded = append(guarded, create(d.proxied, 3*i+1))
-		relayed = append(relayed, create(d.relayed, 3*i+2))
-	}
-	report(b, direct, guarded, relayed, 200*time.Microsecond)
-	for _, l := range d.pg.LogLines(`"op":"create"`)[:3] {
-		b.Log(l)
-	}
-	if logs := d.pg.LogLines("image denied"); len(logs) > 0 {
-		b.Fatalf("pullguard denied during the benchmark: %s", strings.Join(logs, "\n"))
 	}
 }

@@ -1,10 +1,14 @@
-// Command bench measures what pullguard adds to unary CRI calls: it starts a real registry +
-// containerd (integration/testbed), fills containerd with host-network pod sandboxes and
-// containers, starts pullguard in front of it, then times the same calls straight to containerd
-// and through pullguard, interleaved in one run, and prints p50/p99, the added latency and the
-// ratio against the targets (issue 2 item 9).
+// Command bench measures what pullguard adds to the unary CRI calls kubelet makes all the time.
+// It starts a real registry + containerd (integration/testbed), fills containerd with
+// host-network pod sandboxes, containers and images, starts `pullguard serve` and a byte relay,
+// then times the same calls straight to containerd, as kubelet makes them with pullguard
+// installed (image calls to pullguard's socket, runtime calls to containerd's own) and through
+// the relay, interleaved in one run, and prints p50/p99, the added latency and the ratio.
 //
-//	go run ./integration/bench [-n 2000] [-pods 50] [-proxy binary|inprocess] [-strict]
+//	go run ./integration/bench [-n 2000] [-pods 50] [-images 50] [-strict]
+//
+// Creates (decided inside containerd by pullguard's NRI plugin) and verified pulls are measured
+// by the benchmarks of this package: go test -run '^$' -bench . ./integration/bench/
 package main
 
 import (
@@ -15,22 +19,20 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
-	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/pullguard/pullguard/integration/testbed"
-	"github.com/pullguard/pullguard/plugin/imageproxy"
 )
 
 type options struct {
 	iterations int
 	warmup     int
 	pods       int
-	proxyMode  string
+	images     int
 	strict     bool
 	verbose    bool
 	relay      bool
@@ -38,25 +40,24 @@ type options struct {
 }
 
 func main() {
-	var o options
-	flag.IntVar(&o.iterations, "n", 2000, "timed iterations per call and target")
-	flag.IntVar(&o.warmup, "warmup", 200, "untimed iterations per call and target first")
-	flag.IntVar(&o.pods, "pods", 50, "host-network pod sandboxes (one container each) to create")
-	flag.StringVar(&o.proxyMode, "proxy", "binary", `"binary": pullguard serve as its own process (as deployed); "inprocess": plugin/proxy inside this program`)
-	flag.BoolVar(&o.strict, "strict", false, "exit 1 when a target is missed")
-	flag.BoolVar(&o.verbose, "v", false, "log test-bed progress")
-	flag.BoolVar(&o.relay, "relay", true, "also time a byte-copying relay process: the floor of any extra hop on this machine")
-	flag.IntVar(&o.pgProcs, "pullguard-gomaxprocs", 0, "GOMAXPROCS for the pullguard process (0: Go's default)")
-	relayServe := flag.String("relay-serve", "", "internal: run as the relay, listening on this socket")
-	relayUpstream := flag.String("relay-upstream", "", "internal: the relay's upstream socket")
-	flag.Parse()
-	if *relayServe != "" {
-		if err := serveRelay(*relayServe, *relayUpstream); err != nil {
-			fmt.Fprintln(os.Stderr, "bench relay:", err)
+	// The relay process is this program started again.
+	if ok, err := helperProcess(os.Args[1:]); ok {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench helper:", err)
 			os.Exit(2)
 		}
 		return
 	}
+	var o options
+	flag.IntVar(&o.iterations, "n", 2000, "timed iterations per call and target")
+	flag.IntVar(&o.warmup, "warmup", 200, "untimed iterations per call and target first")
+	flag.IntVar(&o.pods, "pods", 50, "host-network pod sandboxes (one container each) to create")
+	flag.IntVar(&o.images, "images", 50, "images to pull into containerd besides the pause image")
+	flag.BoolVar(&o.strict, "strict", false, "exit 1 when a target is missed")
+	flag.BoolVar(&o.verbose, "v", false, "log test-bed progress")
+	flag.BoolVar(&o.relay, "relay", true, "also time a byte-copying relay process: the floor of any extra hop on this machine")
+	flag.IntVar(&o.pgProcs, "pullguard-gomaxprocs", 0, "GOMAXPROCS for the pullguard process (0: Go's default)")
+	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -73,8 +74,8 @@ func main() {
 // run brings the bed up, measures, prints the report and tears everything down. It reports
 // whether a target was missed.
 func run(ctx context.Context, o options) (missed bool, err error) {
-	if o.iterations < 10 || o.pods < 1 || o.warmup < 0 {
-		return false, errors.New("need -n >= 10, -pods >= 1, -warmup >= 0")
+	if o.iterations < 10 || o.pods < 1 || o.images < 0 || o.warmup < 0 {
+		return false, errors.New("need -n >= 10, -pods >= 1, -images >= 0, -warmup >= 0")
 	}
 	level := slog.LevelWarn
 	if o.verbose {
@@ -82,6 +83,7 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
+	// No NRI: these calls never reach it, and the pods are made straight on containerd.
 	bed, err := testbed.Start(ctx, testbed.Options{Logger: log})
 	if err != nil {
 		return false, fmt.Errorf("start test bed: %w", err)
@@ -98,152 +100,211 @@ func run(ctx context.Context, o options) (missed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("create pods: %w", err)
 	}
-
-	proxySock, proxyPid, stopProxy, err := startProxy(ctx, bed, o)
-	if err != nil {
-		return false, err
-	}
-	defer stopProxy()
-
 	direct, err := testbed.DialCRI(bed.Containerd.Socket)
 	if err != nil {
 		return false, err
 	}
 	defer direct.Close()
-	via, err := testbed.DialCRI(proxySock)
+	fmt.Fprintf(os.Stderr, "pulling %d images into containerd...\n", o.images)
+	if err := pullImages(ctx, bed, direct, o.images); err != nil {
+		return false, err
+	}
+	imgs, err := direct.Image.ListImages(ctx, &runtimeapi.ListImagesRequest{})
 	if err != nil {
 		return false, err
 	}
-	defer via.Close()
-	var (
-		relayed  *testbed.CRIClient
-		relayPid int
-	)
+	version, err := direct.Runtime.Version(ctx, &runtimeapi.VersionRequest{})
+	if err != nil {
+		return false, err
+	}
+
+	var env []string
+	if o.pgProcs > 0 {
+		env = append(env, fmt.Sprintf("GOMAXPROCS=%d", o.pgProcs))
+	}
+	// No policies: the measured calls are relayed, never decided. Without NRI pullguard runs
+	// pull-only; its image service is the same either way.
+	pg, err := bed.StartPullguard(ctx, testbed.PullguardOptions{Env: env})
+	if err != nil {
+		return false, fmt.Errorf("start pullguard: %w", err)
+	}
+	defer func() { _ = pg.Stop() }()
+	probe, err := testbed.DialCRI(pg.Socket)
+	if err != nil {
+		return false, err
+	}
+	_, err = probe.Runtime.Version(ctx, &runtimeapi.VersionRequest{})
+	probe.Close()
+	if status.Code(err) != codes.Unimplemented {
+		return false, fmt.Errorf("pullguard's socket should refuse runtime calls (Unimplemented), got %v", err)
+	}
+
+	relaySock, relayPid := "", 0
 	if o.relay {
 		sock, pid, stopRelay, err := startRelay(ctx, bed.Dir, bed.Containerd.Socket)
 		if err != nil {
 			return false, err
 		}
 		defer stopRelay()
-		relayPid = pid
-		if relayed, err = testbed.DialCRI(sock); err != nil {
-			return false, err
-		}
-		defer relayed.Close()
+		relaySock, relayPid = sock, pid
 	}
 
-	// The figures only mean something next to the machine's load: a busy machine delays the
-	// proxy's extra wake-ups most.
+	// The figures only mean something next to the machine's load: a busy machine delays an extra
+	// process's wake-ups most.
 	loadBefore := loadAverage()
-	calls := benchCalls(bed.Pause.Ref, len(bulk.ContainerIDs), len(bulk.PodIDs))
+	calls := benchCalls(bed.Pause.Ref, len(imgs.Images), len(bulk.ContainerIDs))
 	results := make([]result, 0, len(calls))
 	for _, c := range calls {
 		fmt.Fprintf(os.Stderr, "measuring %s...\n", c.name)
-		pgCPU, relayCPU := startCPU(proxyPid), startCPU(relayPid)
-		r, err := measure(ctx, c, direct, via, relayed, o.warmup, o.iterations)
+		sides, err := dialSides(bed.Containerd.Socket, pg.Socket, relaySock)
+		if err != nil {
+			return false, err
+		}
+		pgCPU, relayCPU := startCPU(pg.Process().Pid()), startCPU(relayPid)
+		r, err := measure(ctx, c, sides.direct, sides.withPG, sides.relayed, o.warmup, o.iterations)
+		sides.close()
 		if err != nil {
 			return false, fmt.Errorf("measure %s: %w", c.name, err)
 		}
-		r.proxyCPU = pgCPU.perCall(o.warmup + o.iterations)
+		r.pgCPU = pgCPU.perCall(o.warmup + o.iterations)
 		r.relayCPU = relayCPU.perCall(o.warmup + o.iterations)
 		results = append(results, r)
 	}
-	header := fmt.Sprintf("pullguard CRI pass-through overhead: containerd v2.4.2, %d pod sandboxes, %d containers, "+
-		"%d interleaved iterations per call and target after %d warm-up, proxy=%s (pullguard GOMAXPROCS %s), %d CPUs, load average before/after %s / %s",
-		len(bulk.PodIDs), len(bulk.ContainerIDs), o.iterations, o.warmup, o.proxyMode, procsLabel(o.pgProcs), numCPU(), loadBefore, loadAverage())
-	return printReport(os.Stdout, header, results), nil
+	runtimeName := version.RuntimeName + " " + version.RuntimeVersion
+	header := fmt.Sprintf("pullguard on kubelet's CRI calls: %s, %d pod sandboxes, %d containers, %d images, "+
+		"%d interleaved iterations per call and target after %d warm-up, pullguard GOMAXPROCS %s, %d CPUs, load average before/after %s / %s",
+		runtimeName, len(bulk.PodIDs), len(bulk.ContainerIDs), len(imgs.Images), o.iterations, o.warmup, procsLabel(o.pgProcs), numCPU(), loadBefore, loadAverage())
+	missed = printReport(os.Stdout, header, results)
+	writeSummary(os.Stdout, "Summary: CRI calls, "+runtimeName, machineState(loadBefore), callSummary(results))
+	return missed, nil
 }
 
-// startProxy starts pullguard in front of the bed's containerd and returns its socket and, when
-// it runs as its own process, its pid.
-func startProxy(ctx context.Context, bed *testbed.Bed, o options) (string, int, func(), error) {
-	switch o.proxyMode {
-	case "binary":
-		var env []string
-		if o.pgProcs > 0 {
-			env = append(env, fmt.Sprintf("GOMAXPROCS=%d", o.pgProcs))
+// sides are the clients of one call's measurement, each on connections of its own that carry
+// only that call, so that no side's connection has a history the others lack.
+type sides struct {
+	direct, withPG criEndpoints
+	relayed        *criEndpoints // nil without a relay
+	conns          []*testbed.CRIClient
+}
+
+// dialSides dials direct (containerd's socket), with pullguard as kubelet is wired (the runtime
+// service on containerd's socket, the image service on pullguard's) and, when relaySock is set,
+// through the relay.
+func dialSides(ctdSock, pgSock, relaySock string) (*sides, error) {
+	s := &sides{}
+	dial := func(sock string) (*testbed.CRIClient, error) {
+		c, err := testbed.DialCRI(sock)
+		if err == nil {
+			s.conns = append(s.conns, c)
 		}
-		// No policies: the measured calls are never gated.
-		pg, err := bed.StartPullguard(ctx, testbed.PullguardOptions{Env: env})
+		return c, err
+	}
+	direct, err := dial(ctdSock)
+	if err != nil {
+		return nil, err
+	}
+	runtimeEP, err := dial(ctdSock)
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	imageEP, err := dial(pgSock)
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	s.direct = criEndpoints{direct.Runtime, direct.Image}
+	s.withPG = criEndpoints{runtimeEP.Runtime, imageEP.Image}
+	if relaySock != "" {
+		relay, err := dial(relaySock)
 		if err != nil {
-			return "", 0, nil, fmt.Errorf("start pullguard (try -proxy inprocess to measure the proxy package alone): %w", err)
+			s.close()
+			return nil, err
 		}
-		return pg.Socket, pg.Process().Pid(), func() { _ = pg.Stop() }, nil
-	case "inprocess":
-		srv, err := imageproxy.New(imageproxy.Options{Upstream: bed.Containerd.Socket})
-		if err != nil {
-			return "", 0, nil, fmt.Errorf("create in-process proxy: %w", err)
-		}
-		sock := filepath.Join(bed.Dir, "benchpg", "pg.sock")
-		l, err := imageproxy.Listen(sock, 0, "")
-		if err != nil {
-			return "", 0, nil, err
-		}
-		served := make(chan error, 1)
-		go func() { served <- srv.Serve(l) }()
-		return sock, 0, func() {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-			<-served
-		}, nil
-	default:
-		return "", 0, nil, fmt.Errorf("unknown -proxy %q (binary or inprocess)", o.proxyMode)
+		s.relayed = &criEndpoints{relay.Runtime, relay.Image}
+	}
+	return s, nil
+}
+
+func (s *sides) close() {
+	for _, c := range s.conns {
+		c.Close()
 	}
 }
 
-// benchCall is one unary CRI call; check validates a response so that a proxy answering fast
-// but wrongly cannot look good.
-type benchCall struct {
-	name string
-	// target marks the call the issue's targets apply to.
-	target bool
-	do     func(ctx context.Context, c *testbed.CRIClient) error
+// pullImages pushes n small distinct images and pulls them straight into containerd, so that
+// ListImages returns what a node's image list looks like.
+func pullImages(ctx context.Context, bed *testbed.Bed, direct *testbed.CRIClient, n int) error {
+	for i := range n {
+		img, err := testbed.TinyImage(fmt.Sprintf("bench image %d", i))
+		if err != nil {
+			return err
+		}
+		pushed, err := bed.Registry.Push(ctx, fmt.Sprintf("bench/img-%d:v1", i), img)
+		if err != nil {
+			return err
+		}
+		if _, err := direct.Image.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: pushed.Ref}}); err != nil {
+			return fmt.Errorf("pull %s: %w", pushed.Ref, err)
+		}
+	}
+	return nil
 }
 
-func benchCalls(image string, containers, pods int) []benchCall {
+func benchCalls(image string, images, containers int) []benchCall {
 	return []benchCall{
-		{name: "Version", do: func(ctx context.Context, c *testbed.CRIClient) error {
-			r, err := c.Runtime.Version(ctx, &runtimeapi.VersionRequest{})
-			if err == nil && r.RuntimeName != "containerd" {
-				err = fmt.Errorf("runtime name %q, want containerd", r.RuntimeName)
-			}
-			return err
-		}},
-		{name: fmt.Sprintf("ListContainers(%d)", containers), target: true, do: func(ctx context.Context, c *testbed.CRIClient) error {
-			r, err := c.Runtime.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
-			if err == nil && len(r.Containers) != containers {
-				err = fmt.Errorf("%d containers, want %d", len(r.Containers), containers)
-			}
-			return err
-		}},
-		{name: fmt.Sprintf("ListPodSandbox(%d)", pods), do: func(ctx context.Context, c *testbed.CRIClient) error {
-			r, err := c.Runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
-			if err == nil && len(r.Items) != pods {
-				err = fmt.Errorf("%d sandboxes, want %d", len(r.Items), pods)
-			}
-			return err
-		}},
-		{name: "ImageStatus", do: func(ctx context.Context, c *testbed.CRIClient) error {
-			r, err := c.Image.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: image}})
+		{name: "ImageStatus", do: func(ctx context.Context, c criEndpoints) error {
+			r, err := c.image.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: image}})
 			if err == nil && r.GetImage() == nil {
 				err = fmt.Errorf("image %s not found", image)
 			}
 			return err
 		}},
+		{name: fmt.Sprintf("ListImages(%d)", images), do: func(ctx context.Context, c criEndpoints) error {
+			r, err := c.image.ListImages(ctx, &runtimeapi.ListImagesRequest{})
+			if err == nil && len(r.Images) != images {
+				err = fmt.Errorf("%d images, want %d", len(r.Images), images)
+			}
+			return err
+		}},
+		{name: "ImageFsInfo", do: func(ctx context.Context, c criEndpoints) error {
+			r, err := c.image.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
+			if err == nil && len(r.ImageFilesystems) == 0 {
+				err = errors.New("no image filesystem")
+			}
+			return err
+		}},
+		{name: fmt.Sprintf("ListContainers(%d)", containers), runtime: true, target: true, do: func(ctx context.Context, c criEndpoints) error {
+			r, err := c.runtime.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
+			if err == nil && len(r.Containers) != containers {
+				err = fmt.Errorf("%d containers, want %d", len(r.Containers), containers)
+			}
+			return err
+		}},
 	}
 }
 
-// loadAverage is the 1-minute load average, or "?" where /proc is unavailable.
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
+// callSummary turns the calls' results into summary rows.
+func callSummary(results []result) []summaryRow {
+	rows := make([]summaryRow, 0, len(results))
+	for _, r := range results {
+		row := summaryRow{what: r.call.name + " through pullguard", reference: "direct", ref: r.direct.p50, meas: r.withPG.p50, paired: r.pairedAdded}
+		if r.call.runtime {
+			row.what = r.call.name + " on kubelet's runtime endpoint (containerd's socket: pullguard is not on the path)"
+		}
+		if r.relay != nil {
+			row.floor = "byte relay " + signed(r.relay.p50-r.direct.p50)
+		}
+		if r.call.target {
+			v := "met"
+			if !r.meetsTargets() {
+				v = "**missed**"
+			}
+			row.target = fmt.Sprintf("≤ %s, ≤ %.1f (medians): %s", fmtDur(maxAddedP50), maxRatioP50, v)
+		}
+		rows = append(rows, row)
 	}
-	if f := strings.Fields(string(b)); len(f) > 0 {
-		return f[0]
-	}
-	return "?"
+	return rows
 }
 
 func procsLabel(n int) string {

@@ -35,10 +35,6 @@ func (g *pinningGate) AdmitPull(ctx context.Context, req *runtimeapi.PullImageRe
 	return &imageproxy.PullPlan{Forward: fwd, TagAs: req.GetImage().GetImage()}, nil
 }
 
-func (g *pinningGate) AdmitCreate(context.Context, *runtimeapi.CreateContainerRequest) error {
-	return nil
-}
-
 // TestPinnedPullAgainstContainerd checks, on a real containerd, that a pull pinned to the
 // verified digest lands under the tag kubelet asked for (ImageStatus by tag finds it, so
 // IfNotPresent does not pull again) and that moving the tag between verification and pull

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -18,8 +19,8 @@ import (
 // pullguard separates the cost of an extra process hop on this machine (scheduling, syscalls)
 // from the cost of pullguard's gRPC handling.
 
-// serveRelay runs in the relay subprocess (hidden flag -relay-serve): it accepts on listen and
-// pipes every connection to upstream until killed.
+// serveRelay runs in the relay process (see helperProcess): it accepts on listen and pipes every
+// connection to upstream until killed.
 func serveRelay(listen, upstream string) error {
 	l, err := net.Listen("unix", listen)
 	if err != nil {
@@ -58,6 +59,8 @@ func startRelay(ctx context.Context, dir, upstream string) (string, int, func(),
 	sock := filepath.Join(dir, "relay.sock")
 	cmd := exec.Command(self, "-relay-serve", sock, "-relay-upstream", upstream)
 	cmd.Stderr = os.Stderr
+	// Gone with the benchmark, however it ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return "", 0, nil, fmt.Errorf("start relay: %w", err)
 	}

@@ -12,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/pullguard/pullguard/integration/testbed"
 	"github.com/pullguard/pullguard/plugin/trust/trusttest"
 )
@@ -79,6 +83,10 @@ func TestNRISignedRunsUnsignedRefused(t *testing.T) {
 	assertNoContainers(t, ctx, b, podID, "ok")
 }
 
+// TestNRIFailsClosedWhilePullguardIsDown: with pullguard stopped, the node keeps running what runs
+// and kubelet keeps managing it (its runtime calls never cross pullguard), new pulls fail with
+// Unavailable, and containerd refuses every create; once pullguard is back, creates work again
+// without restarting containerd.
 func TestNRIFailsClosedWhilePullguardIsDown(t *testing.T) {
 	t.Parallel()
 	b := ownBed(t)
@@ -88,9 +96,49 @@ func TestNRIFailsClosedWhilePullguardIsDown(t *testing.T) {
 	if r := pg.Crictl.Run(ctx, "pull", "--pod-config", podCfg, b.Busybox.Ref); r.Err != nil {
 		t.Fatal(r)
 	}
+	running, err := b.WriteContainerConfig(testbed.ContainerConfig{Name: "running", Image: b.Busybox.Ref,
+		Command: []string{"sh", "-c", "echo up-before-the-outage; exec sleep 3600"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := createIn(ctx, b, podID, running, podCfg)
+	if r.Err != nil {
+		t.Fatal(r)
+	}
+	ctrID := strings.TrimSpace(r.Stdout)
+	if r := b.Crictl.Run(ctx, "start", ctrID); r.Err != nil {
+		t.Fatal(r)
+	}
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
 	}
+
+	// What runs keeps running, and kubelet's runtime calls work. They go to containerd's socket;
+	// crictl, unlike kubelet, checks both endpoints at each start, so it is pointed at containerd
+	// for both here.
+	c := b.Crictl
+	if r := c.Run(ctx, "inspect", "-o", "go-template", "--template", "{{.status.state}}", ctrID); r.Err != nil || strings.TrimSpace(r.Stdout) != "CONTAINER_RUNNING" {
+		t.Errorf("the running container while pullguard is down: %v", r)
+	}
+	if r := c.Run(ctx, "exec", ctrID, "cat", "/etc/marker"); r.Err != nil || strings.TrimSpace(r.Stdout) != "busybox" {
+		t.Errorf("exec while pullguard is down: %v", r)
+	}
+	if r := c.Run(ctx, "logs", ctrID); r.Err != nil || !strings.Contains(r.Output(), "up-before-the-outage") {
+		t.Errorf("logs while pullguard is down: %v", r)
+	}
+	// A pull through kubelet's image endpoint fails: the socket is gone.
+	cli, err := testbed.DialCRI(pg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = cli.Image.PullImage(pctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: b.Busybox.Ref}})
+	cancel()
+	cli.Close()
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("pull while pullguard is down: %v, want code Unavailable", err)
+	}
+
 	// containerd notices the plugin is gone at the first call it makes to it ("ttrpc: closed");
 	// from then on its default validator refuses for want of a required plugin.
 	for i, want := range []string{"", `required plugin "pullguard" not present`} {
@@ -99,7 +147,11 @@ func TestNRIFailsClosedWhilePullguardIsDown(t *testing.T) {
 			t.Fatalf("create %d while pullguard is down: want containerd's refusal %q: %v", i, want, r)
 		}
 	}
-	assertNoContainers(t, ctx, b, podID)
+	assertNoContainers(t, ctx, b, podID, "running")
+	if r := c.Run(ctx, "stop", "--timeout", "2", ctrID); r.Err != nil {
+		t.Errorf("stop while pullguard is down: %v", r)
+	}
+
 	start := time.Now()
 	if err := pg.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -139,10 +191,11 @@ func TestBypassClientStringsIgnored(t *testing.T) {
 	sign(t, signed, k.releaseLeaf, trusttest.JWS, nil)
 	evil := pushRunnable(t, b, "strings/evil:v1")
 	pg := startPullguard(t, b, testbed.PullguardOptions{Config: k.configTOML() +
-		policyTOML("strict", "strings-strict", entry{name: host + "/strings/*", trust: true, signers: []string{"release"}}) +
-		policyTOML("system", "kube-system", entry{name: "*"}) +
-		// Short IDs look like Docker Hub names to a parser: a lax rule there must not admit them.
-		policyTOML("hub", "strings-strict-hub", entry{name: "docker.io/library/*"})})
+		policyTOML("strict", "strings-strict", entry{name: host + "/strings/*", trust: true, signers: []string{"release"}},
+			// Image IDs and short IDs parse as Docker Hub names ("sha256:<hex>" as
+			// docker.io/library/sha256): a lax rule there must admit nothing through them.
+			entry{name: "docker.io/library/*"}) +
+		policyTOML("system", "kube-system", entry{name: "*"})})
 	if r := pullIn(t, ctx, b, pg, "strings-strict", "s", signed.Ref); r.Err != nil {
 		t.Fatalf("pull of the signed image: %v", r)
 	}

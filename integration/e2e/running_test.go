@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -20,18 +18,14 @@ import (
 // Running workloads: containers already running are re-decided on containerd's view when what
 // a decision rests on changes, and `pullguard status` (the admin socket) says so.
 
-// runningStatus reads pullguard's view of the running containers.
+// runningStatus reads pullguard's view of the running containers, as `pullguard status` does.
 func runningStatus(t *testing.T, ctx context.Context, pg *testbed.Pullguard) running.Status {
 	t.Helper()
-	code, body, err := pg.Admin(ctx, "/v1/status")
-	if err != nil || code != http.StatusOK {
-		t.Fatalf("status: %d %v: %s", code, err, body)
+	st, _, err := running.FetchStatus(ctx, pg.AdminSocket)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var st running.Status
-	if err := json.Unmarshal(body, &st); err != nil {
-		t.Fatalf("status: %v: %s", err, body)
-	}
-	return st
+	return *st
 }
 
 // waitContainer waits until the running container named name satisfies cond, and returns it.

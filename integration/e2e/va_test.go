@@ -132,6 +132,10 @@ func TestVADecisions(t *testing.T) {
 				t.Fatalf("denied, want admitted: %v", r)
 			}
 			assertPinnedPull(t, b, pg, img)
+			// An admission without any report is marked so in the audit log.
+			if unscanned := len(pg.LogLines(`"unscanned":true`, img.Digest)) > 0; unscanned != (tc.report == nil) {
+				t.Errorf("audit line marked unscanned: %v, want %v", unscanned, tc.report == nil)
+			}
 		})
 	}
 }

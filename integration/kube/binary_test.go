@@ -18,7 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// The real binary, as the DaemonSet runs it: `pullguard policy-sync` with a kubeconfig, the
+// The real binary, as the DaemonSet runs it: `pullguard-agent policy-sync` with a kubeconfig, the
 // node config under a host root, and its health endpoint.
 func TestPolicySyncBinary(t *testing.T) {
 	srv := server(t)
@@ -29,11 +29,14 @@ func TestPolicySyncBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	work := t.TempDir()
-	bin := filepath.Join(work, "pullguard")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/pullguard")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin := os.Getenv("PULLGUARD_AGENT_BIN")
+	if bin == "" {
+		bin = filepath.Join(work, "pullguard-agent")
+		build := exec.Command("go", "build", "-o", bin, "./cmd/pullguard-agent")
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go build: %v\n%s", err, out)
+		}
 	}
 	host := filepath.Join(work, "host")
 	files := map[string]string{

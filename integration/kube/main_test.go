@@ -100,7 +100,7 @@ func install(ctx context.Context, srv *Server) error {
 	}
 	crds, _ := filepath.Glob(filepath.Join(ds, "crds", "*.yaml"))
 	files := append([]string{filepath.Join(ds, "namespace.yaml"), filepath.Join(ds, "serviceaccount.yaml")}, crds...)
-	files = append(files, filepath.Join(ds, "rbac-policysync.yaml"), filepath.Join(ds, "rbac-running.yaml"))
+	files = append(files, filepath.Join(ds, "rbac-policysync.yaml"), filepath.Join(ds, "components", "running-workloads", "rbac.yaml"))
 	examples, _ := filepath.Glob(filepath.Join(ds, "examples", "rbac", "*.yaml"))
 	files = append(files, examples...)
 	objs, err := Decode(files...)

@@ -2,13 +2,10 @@ package kube
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -134,16 +131,12 @@ func TestRunningWorkloadsEvicted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentLog := &lockedBuffer{}
+	agentLog := &testbed.SafeBuffer{}
 	agent := workloads.New(workloads.Options{Client: agentClient, Node: node, Interval: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(agentLog, nil)),
 		Status: func(ctx context.Context) (*running.Status, error) {
-			code, body, err := pg.Admin(ctx, "/v1/status")
-			if err != nil || code != http.StatusOK {
-				return nil, fmt.Errorf("status %d: %v: %s", code, err, body)
-			}
-			var st running.Status
-			return &st, json.Unmarshal(body, &st)
+			st, _, err := running.FetchStatus(ctx, pg.AdminSocket)
+			return st, err
 		}})
 	defer func() {
 		if t.Failed() {
@@ -226,35 +219,14 @@ func TestRunningWorkloadsEvicted(t *testing.T) {
 	})
 }
 
-// lockedBuffer is an io.Writer safe for a logger and a reader in other goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func runningStatus(t *testing.T, ctx context.Context, pg *testbed.Pullguard) running.Status {
 	t.Helper()
-	code, body, err := pg.Admin(ctx, "/v1/status")
-	if err != nil || code != http.StatusOK {
-		t.Fatalf("status %d: %v: %s", code, err, body)
-	}
-	var st running.Status
-	if err := json.Unmarshal(body, &st); err != nil {
+	st, _, err := running.FetchStatus(ctx, pg.AdminSocket)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return st
+	return *st
 }
 
 func countVerdict(t *testing.T, ctx context.Context, pg *testbed.Pullguard, verdict string) int {

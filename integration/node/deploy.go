@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -141,11 +142,12 @@ func hostPort(u string) (string, int, error) {
 }
 
 // ForHostNetworkNode adapts the DaemonSet to this bed's node, which has no pod network (see
-// README.md): its pod shares the node's network, and the policy-sync container reaches the
-// API server where it listens (127.0.0.1:PORT; the kubernetes Service's cluster IP is routed
-// nowhere here, there being no kube-proxy) and serves its health checks on a free loopback
-// port instead of :9466 of the machine.
-func ForHostNetworkNode(objs []*unstructured.Unstructured, apiHost string, apiPort, healthPort int) error {
+// README.md): its pod shares the node's network, so every address its containers listen on
+// (--metrics-address, --health-address) moves to a free loopback port of the machine, with
+// the container ports and probes that name it; and the policy-sync container reaches the API
+// server where it listens (the kubernetes Service's cluster IP is routed nowhere here, there
+// being no kube-proxy). ports gives the free ports to use.
+func ForHostNetworkNode(objs []*unstructured.Unstructured, apiHost string, apiPort int, ports []int) error {
 	for _, o := range objs {
 		if o.GetKind() != "DaemonSet" || o.GetName() != "pullguard" {
 			continue
@@ -157,29 +159,54 @@ func ForHostNetworkNode(objs []*unstructured.Unstructured, apiHost string, apiPo
 		spec := &ds.Spec.Template.Spec
 		spec.HostNetwork = true
 		spec.DNSPolicy = corev1.DNSClusterFirstWithHostNet
-		health := "127.0.0.1:" + strconv.Itoa(healthPort)
 		for i := range spec.Containers {
 			c := &spec.Containers[i]
-			if c.Name != "policy-sync" {
-				continue
-			}
-			c.Env = append(c.Env,
-				corev1.EnvVar{Name: "KUBERNETES_SERVICE_HOST", Value: apiHost},
-				corev1.EnvVar{Name: "KUBERNETES_SERVICE_PORT", Value: strconv.Itoa(apiPort)})
-			replaced := false
-			for j, a := range c.Args {
-				if strings.HasPrefix(a, "--health-address=") {
-					c.Args[j], replaced = "--health-address="+health, true
+			moved := map[int32]int32{} // old port -> new port
+			for j := 0; j < len(c.Args); j++ {
+				flag, value, inline := strings.Cut(c.Args[j], "=")
+				if flag != "--metrics-address" && flag != "--health-address" {
+					continue
+				}
+				if !inline {
+					if j+1 >= len(c.Args) {
+						return fmt.Errorf("container %s: %s without a value", c.Name, flag)
+					}
+					value = c.Args[j+1]
+				}
+				_, old, err := net.SplitHostPort(value)
+				if err != nil {
+					return fmt.Errorf("container %s: %s %q: %w", c.Name, flag, value, err)
+				}
+				if len(ports) == 0 {
+					return errors.New("not enough free ports for the DaemonSet's listeners")
+				}
+				oldPort, _ := strconv.Atoi(old)
+				moved[int32(oldPort)] = int32(ports[0])
+				addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+				ports = ports[1:]
+				if inline {
+					c.Args[j] = flag + "=" + addr
+				} else {
+					c.Args[j+1] = addr
 				}
 			}
-			if !replaced {
-				return fmt.Errorf("policy-sync container has no --health-address: %v", c.Args)
-			}
-			for _, p := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe} {
-				if p != nil && p.HTTPGet != nil {
-					p.HTTPGet.Host = "127.0.0.1"
-					p.HTTPGet.Port.IntVal = int32(healthPort)
+			for k := range c.Ports {
+				if p, ok := moved[c.Ports[k].ContainerPort]; ok {
+					c.Ports[k].ContainerPort, c.Ports[k].HostPort = p, p
 				}
+			}
+			for _, p := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe, c.StartupProbe} {
+				if p == nil || p.HTTPGet == nil {
+					continue
+				}
+				if np, ok := moved[p.HTTPGet.Port.IntVal]; ok {
+					p.HTTPGet.Host, p.HTTPGet.Port.IntVal = "127.0.0.1", np
+				}
+			}
+			if c.Name == "policy-sync" {
+				c.Env = append(c.Env,
+					corev1.EnvVar{Name: "KUBERNETES_SERVICE_HOST", Value: apiHost},
+					corev1.EnvVar{Name: "KUBERNETES_SERVICE_PORT", Value: strconv.Itoa(apiPort)})
 			}
 		}
 		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&ds)

@@ -48,7 +48,7 @@ type e2e struct {
 	before map[string][]byte
 	// a pod that runs from before the upgrade until the uninstall
 	longRunning *corev1.Pod
-	healthPort  int
+	listenPorts []int // free loopback ports for the DaemonSet's listeners
 }
 
 // TestPullguardOnNode installs pullguard on a real node through its DaemonSet, then checks what
@@ -143,11 +143,11 @@ func (e *e2e) setUp() {
 	if e.m, err = CopyManifests(b.Tools.Repo, filepath.Join(b.Dir, "deploy")); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := freePorts(2)
+	ports, err := freePorts(3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.healthPort = ports[1]
+	e.listenPorts = ports[1:]
 	for _, err := range []error{
 		e.m.SetImage("pullguard", b.Registry.Host+"/pullguard", "v1"),
 		e.m.AddComponent("policy-sync"),
@@ -222,7 +222,7 @@ func (e *e2e) apply() error {
 	if err != nil {
 		return err
 	}
-	if err := ForHostNetworkNode(objs, host, port, e.healthPort); err != nil {
+	if err := ForHostNetworkNode(objs, host, port, e.listenPorts); err != nil {
 		return err
 	}
 	rc, err := e.b.Cluster.Config(kube.AdminUser)

@@ -48,7 +48,14 @@ type Bed struct {
 	mu         sync.Mutex
 	pgBin      string
 	pullguards []*Pullguard
+	extra      []extraContainerd
 	seq        int
+}
+
+// extraContainerd is a containerd started by AddContainerd, closed with the bed's own.
+type extraContainerd struct {
+	ctd    *Containerd
+	crictl *Crictl
 }
 
 // Start brings a bed up: pause binary built, registry started, pause and busybox images pushed,
@@ -129,6 +136,30 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	return b, nil
 }
 
+// AddContainerd starts another containerd under Dir/name, on the bed's registry and with the
+// bed's pause image pulled into it, for comparing containerd configurations on one machine in
+// one run. The bed's CgroupParent holds its pods too; Close stops it with the bed's own.
+func (b *Bed) AddContainerd(ctx context.Context, name string, opts ContainerdOptions) (*Containerd, *Crictl, error) {
+	opts.RegistryHost, opts.SandboxImage = b.Registry.Host, b.Pause.Ref
+	dir := filepath.Join(b.Dir, name)
+	ctd, err := StartContainerd(ctx, b.Tools, dir, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	crictl, err := NewCrictl(b.Tools, dir, ctd.Socket)
+	b.mu.Lock()
+	b.extra = append(b.extra, extraContainerd{ctd, crictl})
+	b.mu.Unlock()
+	if err != nil {
+		return nil, nil, err
+	}
+	if r := crictl.Run(ctx, append(append([]string{"pull"}, b.CredsArgs()...), b.Pause.Ref)...); r.Err != nil {
+		return nil, nil, fmt.Errorf("pull pause image into containerd %s: %w\n%s", name, r.Err, r.Output())
+	}
+	b.log.Info("containerd up", "name", name, "socket", ctd.Socket)
+	return ctd, crictl, nil
+}
+
 // CredsArgs are `crictl pull`'s --creds flag for the registry's user (nothing for an open
 // registry); they go after "pull".
 func (b *Bed) CredsArgs() []string {
@@ -174,21 +205,30 @@ func (b *Bed) Close(ctx context.Context) error {
 		}
 	}
 	took("stop pullguards")
-	if b.Containerd != nil && b.Crictl != nil {
-		if exited, _ := b.Containerd.proc.Exited(); !exited {
-			rctx, cancel := context.WithTimeout(ctx, time.Minute)
-			if r := b.Crictl.Run(rctx, "rmp", "-fa"); r.Err != nil {
-				errs = append(errs, fmt.Errorf("remove pods: %w: %s", r.Err, r.Output()))
+	b.mu.Lock()
+	ctds := append([]extraContainerd{{b.Containerd, b.Crictl}}, b.extra...)
+	b.extra = nil
+	b.mu.Unlock()
+	for _, c := range ctds {
+		if c.ctd != nil && c.ctd.proc != nil && c.crictl != nil {
+			if exited, _ := c.ctd.proc.Exited(); !exited {
+				rctx, cancel := context.WithTimeout(ctx, time.Minute)
+				if r := c.crictl.Run(rctx, "rmp", "-fa"); r.Err != nil {
+					errs = append(errs, fmt.Errorf("remove pods of %s: %w: %s", c.ctd.Socket, r.Err, r.Output()))
+				}
+				cancel()
 			}
-			cancel()
 		}
 	}
 	took("remove pods")
-	if b.Containerd != nil {
-		if err := b.Containerd.Stop(); err != nil {
+	for _, c := range ctds {
+		if c.ctd == nil {
+			continue
+		}
+		if err := c.ctd.Stop(); err != nil {
 			errs = append(errs, err)
 		}
-		if pids := b.Containerd.killShims(); len(pids) > 0 {
+		if pids := c.ctd.killShims(); len(pids) > 0 {
 			b.log.Warn("killed leftover shims", "pids", pids)
 		}
 	}

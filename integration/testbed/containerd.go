@@ -29,6 +29,9 @@ type ContainerdOptions struct {
 	SandboxImage string
 	// NoNRI leaves NRI disabled (pull-only tests, and runtimes without NRI validation).
 	NoNRI bool
+	// NRINoValidator enables NRI with its default validator off, so no plugin is required:
+	// containerd's own default, the reference pullguard's gate is measured against.
+	NRINoValidator bool
 	// NRIRequestTimeout is NRI's plugin_request_timeout; default 2s (containerd's).
 	NRIRequestTimeout string
 }
@@ -73,7 +76,8 @@ func (c *Containerd) writeConfig(opts ContainerdOptions) error {
 	// - restrict_oom_score_adj: runc cannot raise oom_score_adj without CAP_SYS_RESOURCE.
 	// - opt path, runc Root, netns under state, CNI/CDI dirs, temp: keep writes under Dir.
 	// - NRI on with its socket under Dir, its default validator requiring pullguard (as
-	//   `pullguard install` sets it), or off for pull-only beds.
+	//   `pullguard install` sets it), or not requiring anything (NRINoValidator), or off for
+	//   pull-only beds.
 	// - no CNI config: only host-network pods, which need none.
 	disabled := `"io.containerd.internal.v1.tracing"`
 	nri := ""
@@ -84,6 +88,14 @@ func (c *Containerd) writeConfig(opts ContainerdOptions) error {
 		if timeout == "" {
 			timeout = "2s"
 		}
+		validator := fmt.Sprintf(`
+    [plugins.'io.containerd.nri.v1.nri'.default_validator]
+      enable = true
+      required_plugins = [%q]
+`, NRIPlugin)
+		if opts.NRINoValidator {
+			validator = "\n"
+		}
 		nri = fmt.Sprintf(`
   [plugins.'io.containerd.nri.v1.nri']
     disable = false
@@ -91,11 +103,7 @@ func (c *Containerd) writeConfig(opts ContainerdOptions) error {
     plugin_path = %q
     plugin_config_path = %q
     plugin_registration_timeout = "5s"
-    plugin_request_timeout = %q
-    [plugins.'io.containerd.nri.v1.nri'.default_validator]
-      enable = true
-      required_plugins = [%q]
-`, c.NRISocket, p("nri-plugins"), p("nri-conf"), timeout, NRIPlugin)
+    plugin_request_timeout = %q%s`, c.NRISocket, p("nri-plugins"), p("nri-conf"), timeout, validator)
 	}
 	cfg := fmt.Sprintf(`version = 4
 root = %q

@@ -160,6 +160,21 @@ func (c *Cache[V]) Do(ctx context.Context, key string, fn func(ctx context.Conte
 		return v, false, nil
 	}
 	c.stats.Misses++
+	return c.computeLocked(ctx, key, fn)
+}
+
+// Refresh computes the value for key with fn even when one is cached, and
+// stores it on success; on error the cached value, if any, stays. A
+// computation for key already in flight is joined instead.
+func (c *Cache[V]) Refresh(ctx context.Context, key string, fn func(ctx context.Context) (V, error)) (V, error) {
+	c.mu.Lock()
+	v, _, err := c.computeLocked(ctx, key, fn)
+	return v, err
+}
+
+// computeLocked runs fn for key, or joins the run in flight, and waits for
+// it; it is entered with c.mu held and releases it.
+func (c *Cache[V]) computeLocked(ctx context.Context, key string, fn func(ctx context.Context) (V, error)) (V, bool, error) {
 	cl, running := c.inflight[key]
 	if running {
 		c.stats.Coalesced++
@@ -176,29 +191,6 @@ func (c *Cache[V]) Do(ctx context.Context, key string, fn func(ctx context.Conte
 	case <-ctx.Done():
 		var zero V
 		return zero, running, ctx.Err()
-	}
-}
-
-// Refresh computes the value for key with fn even when one is cached, and
-// stores it on success; on error the cached value, if any, stays. A
-// computation for key already in flight is joined instead.
-func (c *Cache[V]) Refresh(ctx context.Context, key string, fn func(ctx context.Context) (V, error)) (V, error) {
-	c.mu.Lock()
-	cl, running := c.inflight[key]
-	if running {
-		c.stats.Coalesced++
-	} else {
-		cl = &call[V]{done: make(chan struct{})}
-		c.inflight[key] = cl
-		go c.run(context.WithoutCancel(ctx), key, cl, fn)
-	}
-	c.mu.Unlock()
-	select {
-	case <-cl.done:
-		return cl.val, cl.err
-	case <-ctx.Done():
-		var zero V
-		return zero, ctx.Err()
 	}
 }
 

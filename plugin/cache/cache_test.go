@@ -243,3 +243,38 @@ func BenchmarkDoHit(b *testing.B) {
 		}
 	}
 }
+
+// TestRefreshAndTTLFor: Refresh computes again even when a value is cached and keeps the old one
+// when the computation fails; TTLFor gives some values a shorter life.
+func TestRefreshAndTTLFor(t *testing.T) {
+	clk := newClock()
+	c := New[string](Options{TTL: time.Hour, Now: clk.Now, TTLFor: func(v any) time.Duration {
+		if v == "nothing found" {
+			return time.Minute
+		}
+		return 0
+	}})
+	ctx := context.Background()
+	c.Put("k", "v1")
+	got, err := c.Refresh(ctx, "k", func(context.Context) (string, error) { return "v2", nil })
+	if err != nil || got != "v2" {
+		t.Fatalf("Refresh: %q %v", got, err)
+	}
+	if v, ok := c.Get("k"); !ok || v != "v2" {
+		t.Errorf("after Refresh: %q %v, want v2", v, ok)
+	}
+	if _, err := c.Refresh(ctx, "k", func(context.Context) (string, error) { return "", errors.New("registry down") }); err == nil {
+		t.Error("a failed Refresh returned no error")
+	}
+	if v, ok := c.Get("k"); !ok || v != "v2" {
+		t.Errorf("after a failed Refresh: %q %v, want v2 kept", v, ok)
+	}
+	c.Put("neg", "nothing found")
+	clk.Add(2 * time.Minute)
+	if _, ok := c.Get("neg"); ok {
+		t.Error("a value TTLFor gives a minute outlived it")
+	}
+	if v, ok := c.Get("k"); !ok || v != "v2" {
+		t.Errorf("a value with the default TTL expired after two minutes: %q %v", v, ok)
+	}
+}

@@ -41,6 +41,10 @@ func (e *Engine) audit(ctx context.Context, d *Decision) {
 	if d.VA != nil {
 		attrs = append(attrs, slog.Any("va", *d.VA))
 	}
+	if d.Unscanned {
+		// Searchable: the images that run without any scan report.
+		attrs = append(attrs, slog.Bool("unscanned", true))
+	}
 	if d.PinnedRef != "" {
 		attrs = append(attrs, slog.String("pinned", d.PinnedRef))
 	}

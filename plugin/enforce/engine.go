@@ -166,14 +166,41 @@ func (e *Engine) check(ctx context.Context, req Request, m *policy.Match, d *Dec
 	}
 	d.Digest = s.desc.Digest.String()
 	var passed []string
+	// The scan report is looked for while the signatures are checked: the
+	// two are independent, and each is several registry round trips. Only a
+	// resolved subject is shared (a lazy one is completed by whichever check
+	// needs it first).
+	var (
+		vaDone chan struct{}
+		vaFail *failure
+		vaD    Decision
+	)
+	if c.Trust.Enabled && c.VA.Enabled && s.src != nil && !s.lazy {
+		vaDone = make(chan struct{})
+		go func() {
+			defer close(vaDone)
+			vaFail = e.checkVA(ctx, req, s, c.VA, &vaD)
+		}()
+	}
 	if c.Trust.Enabled {
-		if f := e.checkTrust(ctx, s, c.Trust.Signers, d); f != nil {
+		f := e.checkTrust(ctx, s, c.Trust.Signers, d)
+		if vaDone != nil {
+			<-vaDone
+		}
+		if f != nil {
 			return f
 		}
 		passed = append(passed, "signatures verified")
 	}
 	if c.VA.Enabled {
-		if f := e.checkVA(ctx, req, s, c.VA, d); f != nil {
+		f := vaFail
+		if vaDone != nil {
+			d.Details = append(d.Details, vaD.Details...)
+			d.VA, d.Unscanned = vaD.VA, vaD.Unscanned
+		} else {
+			f = e.checkVA(ctx, req, s, c.VA, d)
+		}
+		if f != nil {
 			return f
 		}
 		if d.Unscanned {
@@ -182,8 +209,12 @@ func (e *Engine) check(ctx context.Context, req Request, m *policy.Match, d *Dec
 			passed = append(passed, "vulnerability assessment passed")
 		}
 	}
-	if pinned, err := reference.WithDigest(s.repo, s.desc.Digest); err == nil {
-		d.PinnedRef = pinned.String()
+	// Only a pull is made pinned: other decisions are on content already
+	// named by its digest.
+	if req.Op == OpPull || req.Op == OpCheck {
+		if pinned, err := reference.WithDigest(s.repo, s.desc.Digest); err == nil {
+			d.PinnedRef = pinned.String()
+		}
 	}
 	d.Reason = joinAnd(passed)
 	return nil

@@ -184,7 +184,7 @@ func (e *Engine) checkTrust(ctx context.Context, s *subject, required []string, 
 	// Signatures live in a repository, so the repository is part of the
 	// key along with the content and the trust material.
 	key := "trust\x00" + s.repo.String() + "\x00" + s.desc.Digest.String() + "\x00" + e.opts.Trust.TrustMaterialHash()
-	got, err, f := e.facts(ctx, s, key, verify)
+	got, f, err := e.facts(ctx, s, key, verify)
 	if f != nil {
 		return f
 	}
@@ -234,24 +234,24 @@ func registryFailure(what string, err error) *failure {
 // facts returns the facts under key: computed with fn (at most once for
 // identical keys in flight), or, for a decision from cached facts only, as
 // cached, with a "not verified yet" failure when nothing is.
-func (e *Engine) facts(ctx context.Context, s *subject, key string, fn func(ctx context.Context) (*Facts, error)) (*Facts, error, *failure) {
+func (e *Engine) facts(ctx context.Context, s *subject, key string, fn func(ctx context.Context) (*Facts, error)) (*Facts, *failure, error) {
 	if s.src == nil {
 		if e.opts.Facts != nil {
 			if got, ok := e.opts.Facts.Get(key); ok {
 				return got, nil, nil
 			}
 		}
-		return nil, nil, &failure{category: SignatureValidationFailed, notVerified: true, reason: fmt.Sprintf(
-			"pullguard has not verified %s@%s on this node yet; it is verifying it now, and a retry is decided on the result", s.repo, s.desc.Digest)}
+		return nil, &failure{category: SignatureValidationFailed, notVerified: true, reason: fmt.Sprintf(
+			"pullguard has not verified %s@%s on this node yet; it is verifying it now, and a retry is decided on the result", s.repo, s.desc.Digest)}, nil
 	}
 	if e.opts.Facts == nil {
 		got, err := fn(ctx)
-		return got, err, nil
+		return got, nil, err
 	}
 	if s.fresh {
 		got, err := e.opts.Facts.Refresh(ctx, key, fn)
-		return got, err, nil
+		return got, nil, err
 	}
 	got, _, err := e.opts.Facts.Do(ctx, key, fn)
-	return got, err, nil
+	return got, nil, err
 }

@@ -110,7 +110,7 @@ func (e *Engine) checkVA(ctx context.Context, req Request, s *subject, rule poli
 		return &Facts{Report: att}, nil
 	}
 	key := fmt.Sprintf("va\x00%s\x00%s\x00signed=%v\x00%s", s.repo, s.desc.Digest, k.requireSigned, e.opts.VADefaults.ScannerMaterialHash)
-	facts, err, f := e.facts(ctx, s, key, find)
+	facts, f, err := e.facts(ctx, s, key, find)
 	if f != nil {
 		return f
 	}

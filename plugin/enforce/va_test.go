@@ -131,6 +131,11 @@ func TestVADecisions(t *testing.T) {
 			if d.Denied() && !strings.HasPrefix(d.Message(), "SignatureValidationFailed: ") {
 				t.Errorf("denial has the wrong prefix: %q", d.Message())
 			}
+			// An admission without any report must be findable as such.
+			if wantUnscanned := tc.image == noReport && d.Verdict == Admit; d.Unscanned != wantUnscanned ||
+				(wantUnscanned && !strings.Contains(d.Reason, "no vulnerability scan report")) {
+				t.Errorf("unscanned %v (reason %q), want %v", d.Unscanned, d.Reason, wantUnscanned)
+			}
 		})
 	}
 }

@@ -933,15 +933,16 @@ func TestAttackManyIdleConnections(t *testing.T) {
 		events = append(events, event{l.accepted, 1}, event{l.closed, -1})
 	}
 	// How many silent connections the server held at once. The ends are
-	// seen by separate goroutines, so the next accept may be seen before
-	// the close that let it in: allow a little over the limit.
+	// seen by separate goroutines, which a busy machine schedules late, so
+	// the next accept may be seen before the close that let it in: allow up
+	// to twice the limit (without one, all of them are held at once).
 	slices.SortFunc(events, func(a, b event) int { return a.at.Compare(b.at) })
 	open, most := 0, 0
 	for _, e := range events {
 		open += e.delta
 		most = max(most, open)
 	}
-	if most > limit+limit/2 {
+	if most > 2*limit {
 		t.Errorf("%d silent connections held at once, want at most about %d", most, limit)
 	}
 	eventually(t, 10*time.Second, "goroutines back to what they were", func() error {

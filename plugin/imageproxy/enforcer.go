@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	crierrors "k8s.io/cri-api/pkg/errors"
 
 	"github.com/pullguard/pullguard/plugin/enforce"
 	"github.com/pullguard/pullguard/plugin/registry"
@@ -106,4 +107,12 @@ func denialError(d *enforce.Decision) error {
 		code = codes.InvalidArgument
 	}
 	return status.Error(code, d.Message())
+}
+
+// criReasons are the CRI's own error reasons that enforce's categories
+// spell: kubelet turns a pull error whose message starts with one into the
+// pod's reason (CRI-O uses the same sentinels).
+var criReasons = map[enforce.Category]error{
+	enforce.SignatureValidationFailed: crierrors.ErrSignatureValidationFailed,
+	enforce.RegistryUnavailable:       crierrors.ErrRegistryUnavailable,
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pullguard/pullguard/plugin/enforce"
 	"io"
 	"os"
 	"slices"
@@ -928,5 +929,17 @@ func TestImagesChangedHook(t *testing.T) {
 	}
 	if n := changed.Load(); n != 2 {
 		t.Errorf("hook called %d times after it was replaced, want 2", n)
+	}
+}
+
+// TestCategoriesAreCRIReasons: the message prefixes of denials are the CRI's own reasons, which
+// kubelet maps to the pod's reason; a drift would turn denials into plain ErrImagePull.
+func TestCategoriesAreCRIReasons(t *testing.T) {
+	for cat, sentinel := range criReasons {
+		d := &enforce.Decision{Verdict: enforce.Deny, Category: cat, Image: "registry.example.com/app:v1", Reason: "r"}
+		st := status.Convert(denialError(d))
+		if string(cat) != sentinel.Error() || !strings.HasPrefix(st.Message(), sentinel.Error()+": ") || st.Code() != codes.Unknown {
+			t.Errorf("category %q: sentinel %q, denial %s %q", cat, sentinel, st.Code(), st.Message())
+		}
 	}
 }

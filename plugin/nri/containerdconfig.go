@@ -81,11 +81,6 @@ func ReadContainerdNRI(path string) (*ContainerdNRI, error) {
 // by key, tables within tables too, and a later value (a list included)
 // replaces an earlier one; disabled_plugins add up.
 func ReadContainerdNRIFS(fsys fs.FS, path string) (*ContainerdNRI, error) {
-	type file struct {
-		Imports         []string                  `toml:"imports"`
-		DisabledPlugins []string                  `toml:"disabled_plugins"`
-		Plugins         map[string]toml.Primitive `toml:"plugins"`
-	}
 	type nriSection struct {
 		Disable                bool   `toml:"disable"`
 		SocketPath             string `toml:"socket_path"`
@@ -96,49 +91,22 @@ func ReadContainerdNRIFS(fsys fs.FS, path string) (*ContainerdNRI, error) {
 			TolerateMissingAnnotation string   `toml:"tolerate_missing_plugins_annotation"`
 		} `toml:"default_validator"`
 	}
+	files, err := ReadContainerdFiles(fsys, path)
+	if err != nil {
+		return nil, err
+	}
 	out := &ContainerdNRI{}
 	var (
 		merged   map[string]any
 		disabled bool
-		pending  = []string{path}
-		seen     = map[string]bool{}
 	)
-	for len(pending) > 0 {
-		p := pending[0]
-		pending = pending[1:]
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		if len(seen) > maxImports {
-			return nil, fmt.Errorf("containerd config %s: more than %d imported files", path, maxImports)
-		}
-		data, err := readBounded(fsys, p)
-		if err != nil {
-			return nil, err
-		}
-		var f file
-		md, err := toml.Decode(string(data), &f)
-		if err != nil {
-			return nil, fmt.Errorf("containerd config %s: %w", p, err)
-		}
-		out.Files = append(out.Files, p)
-		if slices.Contains(f.DisabledPlugins, nriPluginID) {
+	for _, f := range files {
+		out.Files = append(out.Files, f.Path)
+		if d, ok := f.Raw["disabled_plugins"].([]any); ok && slices.Contains(d, any(nriPluginID)) {
 			disabled = true
 		}
-		if prim, ok := f.Plugins[nriPluginID]; ok {
-			var s map[string]any
-			if err := md.PrimitiveDecode(prim, &s); err != nil {
-				return nil, fmt.Errorf("containerd config %s: [plugins.'%s']: %w", p, nriPluginID, err)
-			}
-			merged = MergeTables(merged, s)
-		}
-		for _, imp := range f.Imports {
-			matches, err := globImport(fsys, p, imp)
-			if err != nil {
-				return nil, fmt.Errorf("containerd config %s: import %q: %w", p, imp, err)
-			}
-			pending = append(pending, matches...)
+		if t := f.Plugin(nriPluginID); t != nil {
+			merged = MergeTables(merged, t)
 		}
 	}
 	if merged == nil {
@@ -197,15 +165,104 @@ func MergeTables(dst, src map[string]any) map[string]any {
 	return out
 }
 
+// ContainerdFile is one containerd config file as containerd reads it.
+type ContainerdFile struct {
+	Path    string // absolute, on the node
+	Version int64
+	Imports []string // as written
+	Raw     map[string]any
+}
+
+// Plugin returns the file's table of the plugin id, nil when it has none.
+func (f ContainerdFile) Plugin(id string) map[string]any {
+	p, _ := f.Raw["plugins"].(map[string]any)
+	t, _ := p[id].(map[string]any)
+	return t
+}
+
+// ReadContainerdFiles reads containerd's config at the absolute path main and
+// every file it imports, in containerd's order: the main file, then imports
+// breadth first, each file once. fsys holds the node's /.
+func ReadContainerdFiles(fsys fs.FS, main string) ([]ContainerdFile, error) {
+	var (
+		out     []ContainerdFile
+		pending = []string{main}
+		seen    = map[string]bool{}
+	)
+	for len(pending) > 0 {
+		p := pending[0]
+		pending = pending[1:]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		if len(seen) > maxImports {
+			return nil, fmt.Errorf("containerd config %s: more than %d imported files", main, maxImports)
+		}
+		data, err := readBounded(fsys, p)
+		if err != nil {
+			return nil, err
+		}
+		f, err := parseContainerdFile(p, data)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+		for _, imp := range f.Imports {
+			matches, err := globImport(fsys, p, imp)
+			if err != nil {
+				return nil, fmt.Errorf("containerd config %s: import %q: %w", p, imp, err)
+			}
+			pending = append(pending, matches...)
+		}
+	}
+	return out, nil
+}
+
+func parseContainerdFile(p string, data []byte) (ContainerdFile, error) {
+	f := ContainerdFile{Path: p}
+	if _, err := toml.Decode(string(data), &f.Raw); err != nil {
+		return f, fmt.Errorf("containerd config %s: %w", p, err)
+	}
+	if v, ok := f.Raw["version"]; ok {
+		n, ok := v.(int64)
+		if !ok {
+			return f, fmt.Errorf("containerd config %s: version is not a number", p)
+		}
+		f.Version = n
+	}
+	if v, ok := f.Raw["imports"]; ok {
+		list, ok := v.([]any)
+		if !ok {
+			return f, fmt.Errorf("containerd config %s: imports is not a list", p)
+		}
+		for _, e := range list {
+			s, ok := e.(string)
+			if !ok {
+				return f, fmt.Errorf("containerd config %s: imports holds a non-string", p)
+			}
+			f.Imports = append(f.Imports, s)
+		}
+	}
+	return f, nil
+}
+
+// ImportPattern is an imports entry of the file at parent as containerd
+// resolves it: cleaned, relative to the importing file's directory.
+func ImportPattern(parent, imp string) string {
+	imp = filepath.Clean(imp)
+	if !filepath.IsAbs(imp) {
+		imp = filepath.Join(filepath.Dir(parent), imp)
+	}
+	return imp
+}
+
 // globImport resolves one imports entry of the file at parent the way
 // containerd does: relative to parent's directory, and a glob only when it
 // holds a '*' (a plain path to a missing file stops containerd, and fails
 // here too). The paths are absolute; fsys holds /.
 func globImport(fsys fs.FS, parent, imp string) ([]string, error) {
-	imp = filepath.Clean(imp)
-	if !filepath.IsAbs(imp) {
-		imp = filepath.Join(filepath.Dir(parent), imp)
-	}
+	imp = ImportPattern(parent, imp)
 	if !strings.Contains(imp, "*") {
 		return []string{imp}, nil
 	}

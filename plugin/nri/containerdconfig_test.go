@@ -2,6 +2,7 @@ package nri
 
 import (
 	"context"
+	"github.com/pullguard/pullguard/plugin/nri/nritest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,7 +108,7 @@ imports = ["DIR/extra.toml"]
 			want: ContainerdNRI{Enabled: false, ValidatorEnabled: true, RequiredPlugins: []string{"pullguard"}},
 		},
 	}
-	bin := containerdBinary(t)
+	bin := nritest.ContainerdBinary(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, main := containerdFiles(t, tc.files)
@@ -182,34 +183,6 @@ func TestMergeTablesDoesNotAlias(t *testing.T) {
 	if dst["a"].(map[string]any)["x"] != int64(1) {
 		t.Error("the merge result shares a table with dst")
 	}
-}
-
-// containerdBinary is the pinned containerd (PULLGUARD_TOOLS_BIN, else the
-// repository's .tools/bin), or "" when it is not installed.
-func containerdBinary(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("PULLGUARD_TOOLS_BIN")
-	if dir == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for d := wd; ; d = filepath.Dir(d) {
-			if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-				dir = filepath.Join(d, ".tools", "bin")
-				break
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	p := filepath.Join(dir, "containerd")
-	if fi, err := os.Stat(p); err != nil || fi.IsDir() {
-		t.Log("containerd not installed (make tools); not checking against containerd's own loader")
-		return ""
-	}
-	return p
 }
 
 // dumpNRI asks containerd's loader for the merged config (containerd

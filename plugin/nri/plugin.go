@@ -22,6 +22,7 @@ import (
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
+	crierrors "k8s.io/cri-api/pkg/errors"
 
 	"github.com/pullguard/pullguard/plugin/enforce"
 	"github.com/pullguard/pullguard/plugin/nodeimages"
@@ -292,7 +293,7 @@ func (p *Plugin) validate(ctx context.Context, pod *api.PodSandbox, ctr *api.Con
 	case <-ctx.Done():
 		p.log.Error("create refused: no decision within the deadline", "namespace", pod.GetNamespace(), "pod", pod.GetName(),
 			"container", ctr.GetName(), "deadline", p.opts.Deadline.String())
-		return fmt.Errorf("SignatureValidationFailed: pullguard could not decide on container %q of pod %s/%s within %s; retry", ctr.GetName(), pod.GetNamespace(), pod.GetName(), p.opts.Deadline)
+		return fmt.Errorf("%w: pullguard could not decide on container %q of pod %s/%s within %s; retry", crierrors.ErrSignatureValidationFailed, ctr.GetName(), pod.GetNamespace(), pod.GetName(), p.opts.Deadline)
 	}
 }
 
@@ -304,11 +305,11 @@ func (p *Plugin) decide(ctx context.Context, pod *api.PodSandbox, ctr *api.Conta
 	d := p.decider.Load().d
 	id := ctr.GetImage().GetConfigDigest()
 	if id == "" {
-		return fmt.Errorf("SignatureValidationFailed: pullguard refused container %q of pod %s/%s: containerd did not say which image it runs", ctr.GetName(), ns, pod.GetName())
+		return fmt.Errorf("%w: pullguard refused container %q of pod %s/%s: containerd did not say which image it runs", crierrors.ErrSignatureValidationFailed, ctr.GetName(), ns, pod.GetName())
 	}
 	refs, err := p.images.ByImageID(ctx, id)
 	if err != nil {
-		return fmt.Errorf("SignatureValidationFailed: pullguard could not look up image %s in containerd for namespace %q: %v", id, ns, err)
+		return fmt.Errorf("%w: pullguard could not look up image %s in containerd for namespace %q: %v", crierrors.ErrSignatureValidationFailed, id, ns, err)
 	}
 	dec := d.DecideNode(ctx, enforce.NodeRequest{Op: enforce.OpCreate, Namespace: ns, Image: nodeImage(id, refs), CachedOnly: true})
 	if dec.Denied() {
@@ -321,11 +322,11 @@ func (p *Plugin) decide(ctx context.Context, pod *api.PodSandbox, ctr *api.Conta
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("SignatureValidationFailed: pullguard refused container %q of pod %s/%s: image volume at %s cannot be identified: %v", ctr.GetName(), ns, pod.GetName(), m.GetDestination(), err)
+			return fmt.Errorf("%w: pullguard refused container %q of pod %s/%s: image volume at %s cannot be identified: %v", crierrors.ErrSignatureValidationFailed, ctr.GetName(), ns, pod.GetName(), m.GetDestination(), err)
 		}
 		refs, err := p.images.ByTarget(ctx, dg)
 		if err != nil {
-			return fmt.Errorf("SignatureValidationFailed: pullguard could not look up image volume %s in containerd for namespace %q: %v", dg, ns, err)
+			return fmt.Errorf("%w: pullguard could not look up image volume %s in containerd for namespace %q: %v", crierrors.ErrSignatureValidationFailed, dg, ns, err)
 		}
 		dec := d.DecideNode(ctx, enforce.NodeRequest{Op: enforce.OpCreate, Namespace: ns, Image: nodeImage("", refs), CachedOnly: true})
 		if dec.Denied() {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/distribution/reference"
+	crierrors "k8s.io/cri-api/pkg/errors"
 
 	"github.com/pullguard/pullguard/plugin/enforce"
 	"github.com/pullguard/pullguard/plugin/nodeimages"
@@ -109,10 +110,10 @@ func (g *SandboxGate) targets(ctx context.Context) ([]string, error) {
 func (g *SandboxGate) AdmitSandbox(ctx context.Context) error {
 	tgts, err := g.targets(ctx)
 	if err != nil {
-		return fmt.Errorf("SignatureValidationFailed: pullguard could not read containerd's sandbox image: %v", err)
+		return fmt.Errorf("%w: pullguard could not read containerd's sandbox image: %v", crierrors.ErrSignatureValidationFailed, err)
 	}
 	if len(tgts) == 0 {
-		return fmt.Errorf("SignatureValidationFailed: pullguard cannot tell which sandbox image containerd runs: %q is not on the node and no image is pinned", g.name)
+		return fmt.Errorf("%w: pullguard cannot tell which sandbox image containerd runs: %q is not on the node and no image is pinned", crierrors.ErrSignatureValidationFailed, g.name)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -120,7 +121,7 @@ func (g *SandboxGate) AdmitSandbox(ctx context.Context) error {
 		d, ok := g.verdicts[t]
 		if !ok {
 			g.refreshLocked(context.WithoutCancel(ctx))
-			return fmt.Errorf("SignatureValidationFailed: pullguard has not decided the sandbox image %s (%s) yet; it is deciding it now, and a retry is decided on the result", g.name, t)
+			return fmt.Errorf("%w: pullguard has not decided the sandbox image %s (%s) yet; it is deciding it now, and a retry is decided on the result", crierrors.ErrSignatureValidationFailed, g.name, t)
 		}
 		if d.Denied() {
 			if time.Since(g.at) > sandboxRetry {

@@ -1,13 +1,23 @@
-// Command demo shows pullguard at work on real components: it starts a registry, containerd and
-// pullguard under a temporary directory, pushes four images, signs one with the notation CLI, and
-// pulls them with crictl as kubelet would -- one admitted by policy matching alone, one denied
-// by it, the signed one admitted pinned to its verified digest, the unsigned one denied for want
-// of a signature -- shows `pullguard check` explaining the signed image's admission, then stops
-// everything, also on Ctrl-C. Needs the pinned tools: `make tools` (bash integration/tools/install.sh).
+// Command demo shows pullguard at work on real components: a registry and containerd (with NRI
+// requiring pullguard's plugin) under a temporary directory, pullguard as the CRI image service
+// in front of it, crictl playing kubelet (image calls through pullguard, runtime calls straight
+// to containerd). It signs images with the notation CLI, attaches signed scan reports with the
+// oras CLI as a scanner's pipeline would, and shows, with how long each step took:
+//
+//  1. an image admitted by policy matching alone, and one no rule admits;
+//  2. a signed image admitted and pulled pinned to its verified digest, an unsigned one denied;
+//  3. a vulnerability denial: a signed scan report with a critical CVE;
+//  4. a create-time denial inside containerd: an image pulled for a lax namespace and started in
+//     a strict one (what no admission webhook sees);
+//  5. a running container re-decided when a new scan report lands (`pullguard status`);
+//  6. `pullguard check` explaining a decision, and the audit log.
+//
+// Everything is stopped at the end, also on Ctrl-C. Needs the pinned tools (`make tools-core`).
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +31,7 @@ import (
 	"time"
 
 	"github.com/pullguard/pullguard/integration/testbed"
+	"github.com/pullguard/pullguard/plugin/va/vatest"
 )
 
 func main() {
@@ -37,52 +48,98 @@ func main() {
 	}
 }
 
+// demo holds what the steps share.
+type demo struct {
+	ctx      context.Context
+	out      io.Writer
+	b        *testbed.Bed
+	pg       *testbed.Pullguard
+	notation notationCLI
+	began    time.Time
+}
+
+func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.out, format+"\n", args...) }
+
+// step runs one numbered part of the demo and says how long it took.
+func (d *demo) step(title string, fn func() error) error {
+	d.say("\n== %s", title)
+	start := time.Now()
+	err := fn()
+	d.say("   (took %s)", time.Since(start).Round(time.Millisecond))
+	return err
+}
+
+// show runs crictl with args and prints the command and its output.
+func (d *demo) show(c *testbed.Crictl, args ...string) testbed.Result {
+	d.say("\n$ %s", c.Display(args...))
+	r := c.Run(d.ctx, args...)
+	fmt.Fprint(d.out, r.Stdout, r.Stderr)
+	return r
+}
+
 func run(ctx context.Context, out io.Writer) (err error) {
-	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
+	d := &demo{ctx: ctx, out: out, began: time.Now()}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	say("== starting a registry and containerd under /tmp (loopback and unix sockets only)")
-	b, err := testbed.Start(ctx, testbed.Options{Logger: logger})
-	if err != nil {
+	var b *testbed.Bed
+	if err := d.step("starting a registry and containerd (NRI on, its default validator requiring pullguard) under /tmp", func() error {
+		b, err = testbed.Start(ctx, testbed.Options{Logger: logger, NRI: true})
+		return err
+	}); err != nil {
 		return err
 	}
+	d.b = b
 	defer func() {
-		say("\n== stopping pullguard, pods, containerd and the registry; removing %s", b.Dir)
+		d.say("\n== stopping pullguard, pods, containerd and the registry; removing %s", b.Dir)
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if cerr := b.Close(cctx); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("clean up: %w", cerr))
 			return
 		}
-		say("nothing left running")
+		d.say("nothing left running; the whole demo took %s", time.Since(d.began).Round(100*time.Millisecond))
 	}()
-	say("registry:   http://%s", b.Registry.Host)
-	say("containerd: %s", b.Containerd.Socket)
+	d.say("registry:   http://%s", b.Registry.Host)
+	d.say("containerd: %s (NRI socket %s)", b.Containerd.Socket, b.Containerd.NRISocket)
+	d.notation = notationCLI{bin: b.Tools.Notation, home: filepath.Join(b.Dir, "notation-home")}
 
-	approved, err := pushTiny(ctx, b, "approved/hello:v1")
-	if err != nil {
+	imgs := map[string]testbed.PushedImage{}
+	var release, scanner signer
+	if err := d.step("pushing images, signing some with the notation CLI, attaching signed scan reports with the oras CLI", func() error {
+		for _, repo := range []string{"approved/hello:v1", "unvetted/hello:v1", "signed/hello:v1", "unsigned/hello:v1", "scanned/app:v1", "vulnerable/app:v1"} {
+			img, err := testbed.RunnableImage(b.Tools.Busybox, "pullguard demo "+repo)
+			if err != nil {
+				return err
+			}
+			p, err := b.Registry.Push(ctx, repo, img)
+			if err != nil {
+				return err
+			}
+			imgs[repo] = p
+			d.say("pushed %s", p.Ref)
+		}
+		if release, err = d.newSigner("demo-release", true); err != nil {
+			return err
+		}
+		if scanner, err = d.newSigner("demo-scanner", false); err != nil {
+			return err
+		}
+		for _, repo := range []string{"signed/hello:v1", "scanned/app:v1", "vulnerable/app:v1"} {
+			// Signing the digest, not the tag: what is signed cannot move.
+			if err := d.notationStep("sign", "--insecure-registry", imgs[repo].Pinned()); err != nil {
+				return err
+			}
+		}
+		if err := d.attachReport(imgs["scanned/app:v1"], time.Hour, medium); err != nil {
+			return err
+		}
+		return d.attachReport(imgs["vulnerable/app:v1"], time.Hour, medium, critical)
+	}); err != nil {
 		return err
 	}
-	unapproved, err := pushTiny(ctx, b, "unvetted/hello:v1")
-	if err != nil {
-		return err
-	}
-	signed, err := pushTiny(ctx, b, "signed/hello:v1")
-	if err != nil {
-		return err
-	}
-	unsigned, err := pushTiny(ctx, b, "unsigned/hello:v1")
-	if err != nil {
-		return err
-	}
-	say("pushed %s\npushed %s\npushed %s\npushed %s", approved.Ref, unapproved.Ref, signed.Ref, unsigned.Ref)
 
-	trustStore, identity, err := signWithNotation(ctx, b, say, out, signed)
-	if err != nil {
-		return err
-	}
-
-	policy := fmt.Sprintf(`apiVersion: securityenforcement.admission.cloud.ibm.com/v1beta1
+	host := b.Registry.Host
+	policy := fmt.Sprintf(`apiVersion: pullguard.dev/v1beta1
 kind: ImagePolicy
 metadata:
   name: demo-policy
@@ -94,188 +151,299 @@ spec:
   # Images of these projects must carry a valid signature by the signer "release".
   - name: "%[1]s/signed/*"
     policy:
-      trust:
-        enabled: true
-        signerSecrets:
-        - name: release
+      trust: {enabled: true, signerSecrets: [{name: release}]}
   - name: "%[1]s/unsigned/*"
     policy:
-      trust:
-        enabled: true
-        signerSecrets:
-        - name: release
-`, b.Registry.Host)
-	signers := fmt.Sprintf(`[[signers]]
+      trust: {enabled: true, signerSecrets: [{name: release}]}
+  # These must also pass vulnerability assessment on a scan report signed by "scanner".
+  - name: "%[1]s/*/app"
+    policy:
+      trust: {enabled: true, signerSecrets: [{name: release}]}
+      va: {enabled: true, maxSeverity: high}
+---
+# A lax namespace: anything from the demo registry, no checks.
+apiVersion: pullguard.dev/v1beta1
+kind: ImagePolicy
+metadata:
+  name: lax
+  namespace: lax
+spec:
+  repositories:
+  - name: "%[1]s/*"
+`, host)
+	node := fmt.Sprintf(`[[signers]]
 name = "release"
 trust_store = %q
 identities = [%q]
-revocation = "skip"   # notation's test certificate names no OCSP or CRL endpoint
-`, trustStore, identity)
-	say("\n== starting pullguard in front of containerd, with this signer added to its node config:\n%s", signers)
-	say("and this policy for namespace \"demo\":\n%s", policy)
-	pg, err := b.StartPullguard(ctx, testbed.PullguardOptions{
-		Config:      signers,
-		PolicyFiles: map[string]string{"demo-policy.yaml": policy},
-	})
+revocation = "skip"   # notation's test certificates name no OCSP or CRL endpoint
+
+[[signers]]
+name = "scanner"
+trust_store = %q
+identities = [%q]
+revocation = "skip"
+
+[va]
+# Scan reports count only when signed by a scanner signer.
+scanner_signers = ["scanner"]
+
+[running]
+# Running containers' images are verified again this often (the default is 10m).
+recheck_interval = "3s"
+`, release.store, release.identity, scanner.store, scanner.identity)
+	var pg *testbed.Pullguard
+	if err := d.step("starting pullguard: the image service on its socket, its NRI plugin registered with containerd", func() error {
+		d.say("node config (added to the test bed's):\n%s\npolicies:\n%s", node, policy)
+		pg, err = b.StartPullguard(ctx, testbed.PullguardOptions{Config: node, PolicyFiles: map[string]string{"demo-policy.yaml": policy}})
+		return err
+	}); err != nil {
+		return err
+	}
+	d.pg = pg
+	d.say("pullguard:  %s (config %s)", pg.Socket, pg.ConfigPath)
+	d.say("crictl plays kubelet: --image-endpoint pullguard, --runtime-endpoint containerd")
+
+	demoPod, err := b.WritePodConfig(testbed.PodConfig{Name: "demo-pod", Namespace: "demo"})
 	if err != nil {
 		return err
 	}
-	say("pullguard:  %s (config %s)", pg.Socket, pg.ConfigPath)
-
-	pod, err := b.WritePodConfig(testbed.PodConfig{Name: "demo-pod", Namespace: "demo"})
+	laxPod, err := b.WritePodConfig(testbed.PodConfig{Name: "lax-pod", Namespace: "lax"})
 	if err != nil {
 		return err
 	}
-	say("pod sandbox config for the pulls (what kubelet sends): %s, metadata.namespace = \"demo\"", pod)
-	show := func(c *testbed.Crictl, args ...string) testbed.Result {
-		say("\n$ %s", c.Display(args...))
-		r := c.Run(ctx, args...)
-		fmt.Fprint(out, r.Stdout, r.Stderr)
-		return r
-	}
 
-	say("\n== 1. kubelet pulls an image of the approved project for a pod in namespace \"demo\"")
-	if r := show(pg.Crictl, "pull", "--pod-config", pod, approved.Ref); r.Err != nil {
-		return fmt.Errorf("the approved image was not admitted: %w", r.Err)
-	}
-	say("-> admitted")
-
-	say("\n== 2. the same pod asks for an image no rule of its namespace admits")
-	r := show(pg.Crictl, "pull", "--pod-config", pod, unapproved.Ref)
-	if r.Err == nil {
-		return errors.New("the unvetted image was admitted")
-	}
-	if !strings.Contains(r.Output(), "SignatureValidationFailed: ") {
-		return errors.New("the denial lacks the SignatureValidationFailed message")
-	}
-	say("-> denied; kubelet would report the pod's reason as SignatureValidationFailed")
-
-	say("\n== 3. the pod pulls the image signed with notation; its rule requires a signature by \"release\"")
-	if r := show(pg.Crictl, "pull", "--pod-config", pod, signed.Ref); r.Err != nil {
-		return fmt.Errorf("the signed image was not admitted: %w", r.Err)
-	}
-	if len(pg.LogLines(`"verdict":"admit"`, `"pinned":"`+signed.Pinned()+`"`)) == 0 {
-		return fmt.Errorf("no audit line admits %s pinned to its digest", signed.Ref)
-	}
-	say("-> admitted: the tag was resolved to %s, its signature verified, and the pull forwarded pinned to that digest", signed.Digest)
-
-	say("\n== 4. the pod pulls the unsigned image under the same rule")
-	r = show(pg.Crictl, "pull", "--pod-config", pod, unsigned.Ref)
-	if r.Err == nil {
-		return errors.New("the unsigned image was admitted")
-	}
-	if !strings.Contains(r.Output(), "SignatureValidationFailed: ") || !strings.Contains(r.Output(), "no valid signature from required signer(s) [release]") {
-		return errors.New("the denial of the unsigned image does not say that the signer release is missing")
-	}
-	say("-> denied: no valid signature from the required signer")
-
-	say("\n== 5. what containerd itself holds (asked directly, not through pullguard)")
-	show(b.Crictl, "images", "--digests")
-	if err := checkPinned(ctx, b, signed); err != nil {
+	if err := d.step(`1. pulls decided by policy: the approved project is admitted, a project no rule of namespace "demo" names is denied`, func() error {
+		if r := d.show(pg.Crictl, "pull", "--pod-config", demoPod, imgs["approved/hello:v1"].Ref); r.Err != nil {
+			return fmt.Errorf("the approved image was not admitted: %w", r.Err)
+		}
+		r := d.show(pg.Crictl, "pull", "--pod-config", demoPod, imgs["unvetted/hello:v1"].Ref)
+		if r.Err == nil || !strings.Contains(r.Output(), "SignatureValidationFailed: ") {
+			return errors.New("the unvetted image was not denied with SignatureValidationFailed")
+		}
+		d.say("-> admitted, then denied: kubelet shows the pod's reason SignatureValidationFailed (then ImagePullBackOff)")
+		return nil
+	}); err != nil {
 		return err
 	}
-	show(b.Crictl, "inspecti", "-o", "go-template", "--template", "{{.status.repoDigests}}", signed.Ref)
-	for _, denied := range []testbed.PushedImage{unapproved, unsigned} {
-		has, err := b.ContainerdHasImage(ctx, denied.Ref, true)
+
+	if err := d.step(`2. signatures: the image signed by "release" is admitted and pulled pinned to its digest; the unsigned one is denied`, func() error {
+		signed := imgs["signed/hello:v1"]
+		if r := d.show(pg.Crictl, "pull", "--pod-config", demoPod, signed.Ref); r.Err != nil {
+			return fmt.Errorf("the signed image was not admitted: %w", r.Err)
+		}
+		if len(pg.LogLines(`"verdict":"admit"`, `"pinned":"`+signed.Pinned()+`"`)) == 0 {
+			return fmt.Errorf("no audit line admits %s pinned to its digest", signed.Ref)
+		}
+		r := d.show(pg.Crictl, "pull", "--pod-config", demoPod, imgs["unsigned/hello:v1"].Ref)
+		if r.Err == nil || !strings.Contains(r.Output(), "no valid signature from required signer(s) [release]") {
+			return errors.New("the unsigned image was not denied for want of the release signature")
+		}
+		d.say("-> the tag was resolved to %s, its signature verified, the pull pinned to that digest; the unsigned image never reached containerd", signed.Digest)
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	if err := d.step("3. vulnerability assessment on signed scan reports: a clean report admits, a critical CVE denies", func() error {
+		if r := d.show(pg.Crictl, "pull", "--pod-config", demoPod, imgs["scanned/app:v1"].Ref); r.Err != nil {
+			return fmt.Errorf("the image with a clean report was not admitted: %w", r.Err)
+		}
+		r := d.show(pg.Crictl, "pull", "--pod-config", demoPod, imgs["vulnerable/app:v1"].Ref)
+		if r.Err == nil || !strings.Contains(r.Output(), critical.ID) {
+			return fmt.Errorf("the vulnerable image was not denied naming %s", critical.ID)
+		}
+		d.say("-> denied, naming the CVE, its severity and package, the scanner and the report's age")
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	var demoPodID string
+	if err := d.step(`4. inside containerd: an image pulled for namespace "lax" is started in "demo" without a pull (imagePullPolicy: IfNotPresent)`, func() error {
+		if r := d.show(pg.Crictl, "pull", "--pod-config", laxPod, imgs["unvetted/hello:v1"].Ref); r.Err != nil {
+			return fmt.Errorf("the lax namespace's pull: %w", r.Err)
+		}
+		r := d.show(b.Crictl, "runp", demoPod)
+		if r.Err != nil {
+			return r.Err
+		}
+		demoPodID = strings.TrimSpace(r.Stdout)
+		ctr, err := b.WriteContainerConfig(testbed.ContainerConfig{Name: "borrowed", Image: imgs["unvetted/hello:v1"].Ref, Command: []string{"sleep", "3600"}})
 		if err != nil {
 			return err
 		}
-		if has {
-			return fmt.Errorf("containerd holds the denied image %s", denied.Ref)
+		r = d.show(b.Crictl, "create", demoPodID, ctr, demoPod)
+		if r.Err == nil || !strings.Contains(r.Output(), `rejected container adjustment`) {
+			return errors.New("the create in namespace demo was not refused by pullguard's validator")
 		}
-	}
-	say("-> the signed image is there under its tag, at the digest that was verified; the denied images never reached containerd")
-
-	say("\n== 6. an operator asks pullguard why, without kubelet: pullguard check")
-	if err := showCheck(ctx, b, say, out, pg, signed.Ref); err != nil {
+		d.say("-> containerd asked pullguard's NRI validator, which decided on the image ID containerd would run and the pod's namespace from containerd's own records; kubelet shows CreateContainerError with this message")
+		return nil
+	}); err != nil {
 		return err
 	}
 
-	say("\n== 7. pullguard's audit log: one JSON line per decision")
-	for _, l := range pg.LogLines(`"event":"decision"`) {
-		say("%s", l)
-	}
-	return nil
-}
-
-// signWithNotation does what a release pipeline does with the notation CLI: a test key and
-// certificate, then a signature on img's digest pushed to the registry. It returns the trust
-// store directory holding the certificate, and the identity to trust, read from the
-// certificate's subject.
-func signWithNotation(ctx context.Context, b *testbed.Bed, say func(string, ...any), out io.Writer, img testbed.PushedImage) (trustStore, identity string, err error) {
-	n := notationCLI{bin: b.Tools.Notation, home: filepath.Join(b.Dir, "notation-home")}
-	say("\n== signing %s with the notation CLI, as a release pipeline would", img.Ref)
-	step := func(args ...string) error {
-		say("\n$ %s", n.display(args...))
-		o, err := n.run(ctx, args...)
-		fmt.Fprint(out, o)
-		return err
-	}
-	const key = "demo-release"
-	if err := step("cert", "generate-test", "--default", key); err != nil {
-		return "", "", err
-	}
-	cert, pemBytes, err := readCert(n.localCert(key))
-	if err != nil {
-		return "", "", err
-	}
-	if identity, err = subjectIdentity(cert); err != nil {
-		return "", "", err
-	}
-	trustStore = filepath.Join(b.Dir, "truststore", "release")
-	if err := os.MkdirAll(trustStore, 0o755); err != nil {
-		return "", "", fmt.Errorf("create trust store: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(trustStore, key+".crt"), pemBytes, 0o644); err != nil {
-		return "", "", fmt.Errorf("write trust store: %w", err)
-	}
-	say("certificate subject %q copied into the trust store %s", cert.Subject.String(), trustStore)
-	// Signing the digest, not the tag: what is signed cannot move.
-	if err := step("sign", "--insecure-registry", img.Pinned()); err != nil {
-		return "", "", err
-	}
-	if err := step("ls", "--insecure-registry", img.Pinned()); err != nil {
-		return "", "", err
-	}
-	return trustStore, identity, nil
-}
-
-// checkPinned fails unless containerd holds img under its tag and its verified digest.
-func checkPinned(ctx context.Context, b *testbed.Bed, img testbed.PushedImage) error {
-	for _, ref := range []string{img.Ref, img.Pinned()} {
-		has, err := b.ContainerdHasImage(ctx, ref, false)
+	if err := d.step("5. running workloads: a container of scanned/app runs; its scanner then attaches a report with a critical CVE", func() error {
+		img := imgs["scanned/app:v1"]
+		ctr, err := b.WriteContainerConfig(testbed.ContainerConfig{Name: "app", Image: img.Ref, Command: []string{"sleep", "3600"}})
 		if err != nil {
 			return err
 		}
-		if !has {
-			return fmt.Errorf("containerd does not hold %s after the admitted pull", ref)
+		r := d.show(b.Crictl, "create", demoPodID, ctr, demoPod)
+		if r.Err != nil {
+			return fmt.Errorf("create of the admitted image: %w", r.Err)
 		}
+		if r := d.show(b.Crictl, "start", strings.TrimSpace(r.Stdout)); r.Err != nil {
+			return r.Err
+		}
+		if err := d.status(); err != nil {
+			return err
+		}
+		d.say("\nthe scanner finds %s and attaches a new signed report:", critical.ID)
+		if err := d.attachReport(img, time.Minute, medium, critical); err != nil {
+			return err
+		}
+		start := time.Now()
+		for !strings.Contains(d.statusText(), "deny") {
+			if time.Since(start) > time.Minute {
+				return errors.New("the running container was not re-decided within a minute")
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond): // polling for the demo's output, not synchronisation
+			}
+		}
+		d.say("re-decided %s after the report was attached:", time.Since(start).Round(100*time.Millisecond))
+		_ = d.status()
+		d.say("-> reported (audit line, pullguard_running_containers, status); with `running: evict` the agent evicts the pod after evictAfter")
+		return nil
+	}); err != nil {
+		return err
 	}
+
+	if err := d.step("6. an operator asks pullguard why, without kubelet: pullguard check; then the audit log", func() error {
+		if err := d.check(imgs["signed/hello:v1"].Ref); err != nil {
+			return err
+		}
+		d.say("\npullguard's audit log: one JSON line per decision")
+		for _, l := range pg.LogLines(`"event":"decision"`, `"namespace":"demo"`) {
+			d.say("%s", l)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	b.Crictl.Run(ctx, "rmp", "-f", demoPodID)
 	return nil
 }
 
-// showCheck runs `pullguard check` on the node config the running pullguard uses, and fails
+// signer is a notation test key and the trust store pullguard gets for it.
+type signer struct{ store, identity string }
+
+// newSigner makes a notation test key and certificate, as a pipeline's setup would, and a trust
+// store holding the certificate.
+func (d *demo) newSigner(key string, isDefault bool) (signer, error) {
+	args := []string{"cert", "generate-test", key}
+	if isDefault {
+		args = append(args, "--default")
+	}
+	if err := d.notationStep(args...); err != nil {
+		return signer{}, err
+	}
+	cert, pemBytes, err := readCert(d.notation.localCert(key))
+	if err != nil {
+		return signer{}, err
+	}
+	id, err := subjectIdentity(cert)
+	if err != nil {
+		return signer{}, err
+	}
+	store := filepath.Join(d.b.Dir, "truststore", key)
+	if err := os.MkdirAll(store, 0o755); err != nil {
+		return signer{}, fmt.Errorf("create trust store: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(store, key+".crt"), pemBytes, 0o644); err != nil {
+		return signer{}, fmt.Errorf("write trust store: %w", err)
+	}
+	return signer{store: store, identity: id}, nil
+}
+
+func (d *demo) notationStep(args ...string) error {
+	d.say("$ %s", d.notation.display(args...))
+	o, err := d.notation.run(d.ctx, args...)
+	if strings.TrimSpace(o) != "" {
+		fmt.Fprint(d.out, o)
+	}
+	return err
+}
+
+var (
+	critical = vatest.Vuln{ID: "CVE-2024-0001", Severity: "CRITICAL", Score: 9.8, Package: "openssl", Installed: "3.0.2", Fixed: "3.0.3"}
+	medium   = vatest.Vuln{ID: "CVE-2024-0002", Severity: "MEDIUM", Score: 5.0, Package: "zlib", Installed: "1.2.11", Fixed: "1.2.12"}
+)
+
+// attachReport writes a SARIF scan report (as Trivy writes it) for img, attaches it to img's
+// digest with the oras CLI and signs the report with the scanner's notation key.
+func (d *demo) attachReport(img testbed.PushedImage, age time.Duration, vulns ...vatest.Vuln) error {
+	created := time.Now().Add(-age).UTC()
+	report := vatest.TrivySARIF(vatest.Scan{ScannerVersion: "0.58.1", Created: created, Image: img.Pinned(), Vulns: vulns})
+	dir, err := os.MkdirTemp(d.b.Dir, "report-")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "report.sarif"), report, 0o644); err != nil {
+		return err
+	}
+	args := []string{"attach", "--plain-http", "--artifact-type", "application/sarif+json",
+		"--annotation", "org.opencontainers.image.created=" + created.Format(time.RFC3339),
+		"--format", "json", img.Pinned(), "report.sarif:application/sarif+json"}
+	d.say("$ oras %s", strings.Join(args, " "))
+	cmd := exec.CommandContext(d.ctx, d.b.Tools.Oras, args...)
+	cmd.Dir = dir
+	o, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("oras attach: %w", err)
+	}
+	var attached struct {
+		Digest string `json:"digest"`
+	}
+	if err := json.Unmarshal(o, &attached); err != nil || attached.Digest == "" {
+		return fmt.Errorf("oras attach: no digest in %q: %v", o, err)
+	}
+	repo := img.Pinned()[:strings.LastIndex(img.Pinned(), "@")]
+	return d.notationStep("sign", "--insecure-registry", "--key", "demo-scanner", repo+"@"+attached.Digest)
+}
+
+// status prints `pullguard status`.
+func (d *demo) status() error {
+	d.say("\n$ pullguard status --config %s", d.pg.ConfigPath)
+	fmt.Fprint(d.out, d.statusText())
+	return nil
+}
+
+func (d *demo) statusText() string {
+	bin, err := d.b.PullguardBinary(d.ctx)
+	if err != nil {
+		return err.Error()
+	}
+	o, _ := exec.CommandContext(d.ctx, bin, "status", "--config", d.pg.ConfigPath).CombinedOutput()
+	return string(o)
+}
+
+// check runs `pullguard check` on the node config the running pullguard uses, and fails
 // unless it admits.
-func showCheck(ctx context.Context, b *testbed.Bed, say func(string, ...any), out io.Writer, pg *testbed.Pullguard, image string) error {
-	bin, err := b.PullguardBinary(ctx)
+func (d *demo) check(image string) error {
+	bin, err := d.b.PullguardBinary(d.ctx)
 	if err != nil {
 		return err
 	}
-	args := []string{"check", "--config", pg.ConfigPath, "--namespace", "demo", image}
-	say("\n$ pullguard %s", strings.Join(args, " "))
-	o, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
-	fmt.Fprint(out, string(o))
+	args := []string{"check", "--config", d.pg.ConfigPath, "--namespace", "demo", image}
+	d.say("\n$ pullguard %s", strings.Join(args, " "))
+	o, err := exec.CommandContext(d.ctx, bin, args...).CombinedOutput()
+	fmt.Fprint(d.out, string(o))
 	if err != nil {
 		return fmt.Errorf("pullguard check %s: %w", image, err)
 	}
-	say("-> exit status 0: admitted")
+	d.say("-> exit status 0: admitted")
 	return nil
-}
-
-func pushTiny(ctx context.Context, b *testbed.Bed, repoTag string) (testbed.PushedImage, error) {
-	img, err := testbed.TinyImage("pullguard demo " + repoTag)
-	if err != nil {
-		return testbed.PushedImage{}, err
-	}
-	return b.Registry.Push(ctx, repoTag, img)
 }

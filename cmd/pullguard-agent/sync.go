@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"github.com/pullguard/pullguard/daemonset/bundle"
 	"github.com/pullguard/pullguard/daemonset/configsync"
 	"github.com/pullguard/pullguard/daemonset/hoststate"
@@ -18,8 +19,10 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	src.register(fs)
 	interval := fs.Duration("interval", 0, "poll interval (default 5s)")
 	once := fs.Bool("once", false, "sync once and exit (non-zero when rejected or failed)")
+	metrics := fs.String("metrics-address", "", "serve the node daemon's /metrics, /healthz and /readyz here, read from its admin socket, e.g. :9464 (\"\" = off)")
+	adminSocket := fs.String("admin-socket", "/host/run/pullguard/admin.sock", "the node daemon's admin socket as this container sees it")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return cli.ParseError(err)
 	}
 	root := hoststate.Root(src.hostRoot)
 	cfg, pol, trust := src.paths()
@@ -31,8 +34,14 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Logger: jsonLogger(stderr),
 	})
 	if err != nil {
-		fmt.Fprintln(stderr, "pullguard sync:", err)
+		fmt.Fprintln(stderr, "pullguard-agent sync:", err)
 		return 2
+	}
+	if *metrics != "" && !*once {
+		if err := serveMetrics(ctx, *metrics, *adminSocket, jsonLogger(stderr)); err != nil {
+			fmt.Fprintln(stderr, "pullguard-agent sync: metrics endpoint:", err)
+			return 2
+		}
 	}
 	if *once {
 		out, err := s.SyncOnce(ctx)
@@ -40,14 +49,14 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "pullguard", err)
 			return 1
 		}
-		fmt.Fprintln(stdout, "pullguard sync:", out)
+		fmt.Fprintln(stdout, "pullguard-agent sync:", out)
 		if out == configsync.Rejected {
 			return 1
 		}
 		return 0
 	}
 	if err := s.Run(ctx); err != nil {
-		fmt.Fprintln(stderr, "pullguard sync:", err)
+		fmt.Fprintln(stderr, "pullguard-agent sync:", err)
 		return 1
 	}
 	return 0

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"io"
 	"io/fs"
 	"net"
@@ -42,10 +43,10 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 	noStatus := fs.Bool("no-status", false, "never write status or Events (no leader election)")
 	qps := fs.Float64("qps", 20, "API requests per second (status writes after a leader change)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return cli.ParseError(err)
 	}
 	if fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "pullguard policy-sync: unexpected arguments:", fs.Args())
+		fmt.Fprintln(stderr, "pullguard-agent policy-sync: unexpected arguments:", fs.Args())
 		return 2
 	}
 	log := jsonLogger(stderr)
@@ -53,25 +54,25 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 	klog.SetSlogLogger(log)
 	cfg, err := restConfig(*kubeconfig)
 	if err != nil {
-		fmt.Fprintln(stderr, "pullguard policy-sync:", err)
+		fmt.Fprintln(stderr, "pullguard-agent policy-sync:", err)
 		return 2
 	}
 	cfg.QPS, cfg.Burst = float32(*qps), int(*qps*2)
 	cfg.UserAgent = "pullguard-policy-sync/" + version
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		fmt.Fprintln(stderr, "pullguard policy-sync: dynamic client:", err)
+		fmt.Fprintln(stderr, "pullguard-agent policy-sync: dynamic client:", err)
 		return 2
 	}
 	// Only the two typed clients the agent needs, not the whole clientset.
 	core, err := corev1client.NewForConfig(cfg)
 	if err != nil {
-		fmt.Fprintln(stderr, "pullguard policy-sync: client:", err)
+		fmt.Fprintln(stderr, "pullguard-agent policy-sync: client:", err)
 		return 2
 	}
 	coord, err := coordinationv1client.NewForConfig(cfg)
 	if err != nil {
-		fmt.Fprintln(stderr, "pullguard policy-sync: client:", err)
+		fmt.Fprintln(stderr, "pullguard-agent policy-sync: client:", err)
 		return 2
 	}
 	opts := policysync.Options{
@@ -97,13 +98,13 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	agent, err := policysync.New(opts)
 	if err != nil {
-		fmt.Fprintln(stderr, "pullguard policy-sync:", err)
+		fmt.Fprintln(stderr, "pullguard-agent policy-sync:", err)
 		return 2
 	}
 	if *health != "" {
 		ln, err := net.Listen("tcp", *health)
 		if err != nil {
-			fmt.Fprintln(stderr, "pullguard policy-sync: health listener:", err)
+			fmt.Fprintln(stderr, "pullguard-agent policy-sync: health listener:", err)
 			return 2
 		}
 		srv := &http.Server{Handler: agent.Handler(), ReadHeaderTimeout: 5 * time.Second}
@@ -111,10 +112,10 @@ func runPolicySync(ctx context.Context, args []string, stdout, stderr io.Writer)
 		defer srv.Close()
 	}
 	if err := agent.Run(ctx); err != nil {
-		fmt.Fprintln(stderr, "pullguard policy-sync:", err)
+		fmt.Fprintln(stderr, "pullguard-agent policy-sync:", err)
 		return 1
 	}
-	fmt.Fprintln(stdout, "pullguard policy-sync: stopped;", agent.Health().Describe())
+	fmt.Fprintln(stdout, "pullguard-agent policy-sync: stopped;", agent.Health().Describe())
 	return 0
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/pullguard/pullguard/cmd/internal/cli"
 	"io"
 	"log/slog"
 	"os"
@@ -61,26 +62,26 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.SetOutput(stderr)
 	var src sourceFlags
 	src.register(fs)
-	binary := fs.String("binary", "", "pullguard binary to install on the host (default: this executable)")
+	binary := fs.String("binary", "", "the pullguard node daemon binary to install on the host (default: pullguard beside this executable, as in the image)")
 	kubeletConfig := fs.String("kubelet-config", "", "host path of kubelet's KubeletConfiguration when not in a usual place")
 	containerdConfig := fs.String("containerd-config", installer.DefaultContainerdConfig, "host path of containerd's main config file")
 	pullOnly := fs.Bool("pull-only", false, "enforce at pull time only, for runtimes without NRI validation (containerd < 2.2): "+
 		"containerd's config is not touched and containers are created without asking pullguard")
 	readyTimeout := fs.Duration("ready-timeout", 60*time.Second, "how long to wait for pullguard to be ready before undoing the install (kubelet untouched)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return cli.ParseError(err)
 	}
 	if fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "pullguard install: unexpected arguments:", fs.Args())
+		fmt.Fprintln(stderr, "pullguard-agent install: unexpected arguments:", fs.Args())
 		return 2
 	}
 	if *binary == "" {
 		exe, err := os.Executable()
 		if err != nil {
-			fmt.Fprintln(stderr, "pullguard install: find own binary:", err)
+			fmt.Fprintln(stderr, "pullguard-agent install: find own binary:", err)
 			return 1
 		}
-		*binary = exe
+		*binary = filepath.Join(filepath.Dir(exe), "pullguard")
 	}
 	root := hoststate.Root(src.hostRoot)
 	cfg, pol, trust := src.paths()
@@ -119,7 +120,7 @@ func runUninstall(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	containerdConfig := fs.String("containerd-config", installer.DefaultContainerdConfig, "host path of containerd's main config file (when install recorded none)")
 	wait := fs.Bool("wait", false, "after uninstalling, block until terminated (lets the uninstall DaemonSet's pod stay Running)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return cli.ParseError(err)
 	}
 	err := installer.Uninstall(ctx, installer.Options{
 		Root:             hoststate.Root(*hostRoot),
