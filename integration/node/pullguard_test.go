@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -169,18 +170,14 @@ func (e *e2e) setUp() {
 }
 
 // nodeConfig is the shipped node/config.toml with the release signer added (its certificate
-// comes from the pullguard-truststore ConfigMap) and the metrics port moved off 9464: the node
-// shares the machine's network.
+// comes from the pullguard-truststore ConfigMap). A TCP metrics address it may set moves to a
+// free port: the node shares the machine's network.
 func (e *e2e) nodeConfig(metricsPort int) string {
 	data, err := os.ReadFile(filepath.Join(e.b.Tools.Repo, "daemonset/node/config.toml"))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cfg := string(data)
-	if !strings.Contains(cfg, `address = "127.0.0.1:9464"`) {
-		e.t.Fatalf("daemonset/node/config.toml: no metrics address 127.0.0.1:9464 to move")
-	}
-	cfg = strings.Replace(cfg, `address = "127.0.0.1:9464"`, fmt.Sprintf(`address = "127.0.0.1:%d"`, metricsPort), 1)
+	cfg := metricsAddress.ReplaceAllString(string(data), fmt.Sprintf(`${1}"127.0.0.1:%d"`, metricsPort))
 	return cfg + `
 [[signers]]
 name = "release"
@@ -190,6 +187,9 @@ identities = ["x509.subject: C=US, ST=WA, O=Example, CN=release"]
 revocation = "skip"
 `
 }
+
+// metricsAddress is a non-empty address key of the config's [metrics] table.
+var metricsAddress = regexp.MustCompile(`(?m)(\[metrics\](?:\n[^\[].*)*?\naddress\s*=\s*)"[^"]+"`)
 
 // clusterPolicy replaces the shipped cluster default: every image signed by release, except
 // the sandbox image the node's containerd runs.
