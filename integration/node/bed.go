@@ -132,7 +132,7 @@ func (b *Bed) WaitNodeReady(ctx context.Context, timeout time.Duration) error {
 				if c.Status == corev1.ConditionTrue {
 					return nil
 				}
-				return fmt.Errorf("Ready=%s: %s: %s", c.Status, c.Reason, c.Message)
+				return fmt.Errorf("condition Ready=%s: %s: %s", c.Status, c.Reason, c.Message)
 			}
 		}
 		return errors.New("no Ready condition yet")

@@ -31,7 +31,7 @@ func TestBedRunsPodsAndCleansUp(t *testing.T) {
 
 	start := time.Now()
 	pod := hostPod("default", "hello", b.Busybox.Ref, "sh", "-c", "echo hello from the node; exec sleep 3600")
-	if pod, err = cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	if _, err = cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	pod, err = waitPod(ctx, cs, "default", "hello", 2*time.Minute, "running", running)

@@ -233,10 +233,8 @@ func sweepStale(ctx context.Context) error {
 	return removeCgroups(ctx, stale)
 }
 
-// nodeName is the name of a node (and of its cgroups): the test process's PID, so that a
-// later run can tell a dead run's leftovers from a live one's, and a random suffix.
-func nodeName(suffix string) string { return fmt.Sprintf("pgnode-%d-%s", os.Getpid(), suffix) }
-
+// nodeOwner is the PID in a node's name (pgnode-PID-N, see Start): a later run tells a dead
+// run's leftovers from a live one's by it.
 func nodeOwner(name string) (int, bool) {
 	rest, ok := strings.CutPrefix(name, "pgnode-")
 	if !ok {

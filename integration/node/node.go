@@ -125,6 +125,7 @@ func (n *Node) writeConfig(ctx context.Context, opts NodeOptions) error {
 		CACert:                           string(opts.Cluster.CAPEM()),
 		"/usr/local/sbin/pgnode-prepare": prepareScript,
 		"/etc/systemd/system/pgnode-prepare.service": prepareUnit,
+		"/etc/systemd/system.conf.d/pgnode.conf":     systemdConf,
 	}
 	for k, v := range kubeletSysctls {
 		files["/etc/pgnode/sysctl/"+k] = v + "\n"
