@@ -29,7 +29,8 @@ tools: tools-core tools-kube
 tools-core:
 	bash integration/tools/install.sh
 
-# kube-apiserver and etcd, for the policy CRD and running-workload tests (a long cold build).
+# kube-apiserver and etcd, for the policy CRD and running-workload tests, and
+# kube-controller-manager, kube-scheduler and kubelet for the node tests (a long cold build).
 tools-kube:
 	bash integration/tools-kube/install.sh
 

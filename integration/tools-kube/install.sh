@@ -56,7 +56,9 @@ kube_minor=${kube_minor%%.*}
 kv=k8s.io/component-base/version
 ldflags="-s -w -X $kv.gitVersion=$kube_version -X $kv.gitMajor=1 -X $kv.gitMinor=$kube_minor -X $kv.gitTreeState=clean"
 for i in "${!tools[@]}"; do
+	t0=$SECONDS
 	go -C "$here" build -trimpath -ldflags "$ldflags" -o "$bin/${names[$i]}" "${tools[$i]}"
+	log "${names[$i]}: $((SECONDS - t0))s"
 done
 want=$(cat "$here/go.mod" "$here/go.sum" 2>/dev/null | sha256sum | cut -d' ' -f1)-$(go env GOVERSION)
 echo "$want" >"$stamp"
