@@ -69,8 +69,8 @@ build_rootfs() {
 	rm -rf "$tmp"
 	log "building the node rootfs ($suite, minbase + $packages) into $dir (~1.5 min)"
 	local start=$SECONDS
-	# Debian's own mirror configuration on this machine (apt's sources) is what mmdebstrap uses
-	# when no mirror is given.
+	# No mirror argument: mmdebstrap takes Debian's default archive for the suite (with its
+	# updates and security suites), the archive apt installs from on this machine.
 	mmdebstrap --quiet --variant=minbase --include="$packages" "$suite" "$tmp"
 	# A node's basic identity files; the tests write the rest (hostname, units, configs) into
 	# their own copy. mmdebstrap leaves /etc/hosts out, and containerd copies it into every
