@@ -208,14 +208,12 @@ func (b *Bed) Leftovers() ([]string, error) {
 			out = append(out, fmt.Sprintf("process %d: %s", pid, cmd))
 		}
 	}
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountedUnder(b.Dir)
 	if err != nil {
 		return nil, err
 	}
-	for _, line := range strings.Split(string(mounts), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(unescapeMount(f[4]), b.Dir) {
-			out = append(out, "mount "+f[4])
-		}
+	for _, m := range mounts {
+		out = append(out, "mount "+m)
 	}
 	for _, cg := range b.Node.cgroups {
 		if _, err := os.Stat(cg); err == nil {

@@ -201,8 +201,8 @@ func killCgroupProcs(dir string) {
 
 // sweepStale removes what an earlier test process left behind when it died before stopping
 // its node (a killed `go test`): node cgroups named after a process that no longer exists,
-// with whatever still runs in them. Nodes of live processes (other tests on the machine) are
-// never touched.
+// with whatever still runs in them, and that run's directory under /tmp. Nodes of live
+// processes (other tests on the machine) are never touched.
 func sweepStale(ctx context.Context) error {
 	hs, err := hierarchies()
 	if err != nil {
@@ -227,10 +227,41 @@ func sweepStale(ctx context.Context) error {
 			return nil
 		})
 	}
-	if len(stale) == 0 {
-		return nil
+	var errs []error
+	if len(stale) > 0 {
+		errs = append(errs, removeCgroups(ctx, stale))
 	}
-	return removeCgroups(ctx, stale)
+	// Its directory (registry data, the node's root) goes too, once nothing is mounted there.
+	dirs, _ := filepath.Glob("/tmp/pgnode-*")
+	for _, d := range dirs {
+		pid, ok := nodeOwner(filepath.Base(d))
+		if !ok || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue
+		}
+		if m, err := mountedUnder(d); err != nil || len(m) > 0 {
+			errs = append(errs, fmt.Errorf("stale %s left in place: mounts %v (%v)", d, m, err))
+			continue
+		}
+		errs = append(errs, os.RemoveAll(d))
+	}
+	return errors.Join(errs...)
+}
+
+// mountedUnder lists the mount points (in this process's mount namespace) at or below dir.
+func mountedUnder(dir string) ([]string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 {
+			if mp := unescapeMount(f[4]); mp == dir || strings.HasPrefix(mp, dir+"/") {
+				out = append(out, mp)
+			}
+		}
+	}
+	return out, nil
 }
 
 // nodeOwner is the PID in a node's name (pgnode-PID-N, see Start): a later run tells a dead
