@@ -219,7 +219,6 @@ func TestRunningWorkloadsEvicted(t *testing.T) {
 	})
 }
 
-
 func runningStatus(t *testing.T, ctx context.Context, pg *testbed.Pullguard) running.Status {
 	t.Helper()
 	st, _, err := running.FetchStatus(ctx, pg.AdminSocket)
