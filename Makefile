@@ -23,7 +23,7 @@ build:
 
 # Pinned containerd, runc, registry, crictl, notation, oras, crane, staticcheck,
 # controller-gen, and kube-apiserver + etcd (for the policy CRD tests) into .tools/bin.
-tools: tools-core tools-kube
+tools: tools-core tools-kube tools-node
 
 # What the demo and the containerd tests need.
 tools-core:
@@ -49,7 +49,7 @@ generate: $(CONTROLLER_GEN)
 $(CONTROLLER_GEN): integration/tools/go.mod integration/tools/go.sum
 	GOFLAGS=-buildvcs=false GOWORK=off $(GO) -C integration/tools build -trimpath -o $(PULLGUARD_TOOLS_BIN)/ sigs.k8s.io/controller-tools/cmd/controller-gen
 
-test: tools lint test-unit test-integration
+test: tools lint test-unit test-integration test-node
 
 test-unit:
 	$(GO) test -race -short -timeout $(UNIT_TIMEOUT) ./...
