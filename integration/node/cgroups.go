@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pullguard/pullguard/integration/testbed"
 )
 
 // hierarchy is one mounted cgroup hierarchy and the test process's cgroup in it.
@@ -57,7 +59,7 @@ func hierarchies() ([]hierarchy, error) {
 			continue
 		}
 		fstype, opts := fields[sep+1], fields[sep+3]
-		mp := unescapeMount(fields[4])
+		mp := testbed.UnescapeMount(fields[4])
 		switch fstype {
 		case "cgroup2":
 			out = append(out, hierarchy{mount: mp, self: selfBy[""]})
@@ -92,24 +94,6 @@ func hierarchies() ([]hierarchy, error) {
 		return nil, errors.New("no cgroup hierarchy mounted")
 	}
 	return out, sc.Err()
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // createCgroups makes the node's cgroup in every hierarchy, below this process's own, so the
@@ -256,7 +240,7 @@ func mountedUnder(dir string) ([]string, error) {
 	var out []string
 	for _, line := range strings.Split(string(data), "\n") {
 		if f := strings.Fields(line); len(f) > 4 {
-			if mp := unescapeMount(f[4]); mp == dir || strings.HasPrefix(mp, dir+"/") {
+			if mp := testbed.UnescapeMount(f[4]); mp == dir || strings.HasPrefix(mp, dir+"/") {
 				out = append(out, mp)
 			}
 		}
