@@ -85,6 +85,9 @@ func ownBedWith(t *testing.T, opts testbed.Options) *testbed.Bed {
 		t.Fatalf("start own test bed: %v", err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("containerd log (own bed):\n%s", b.Containerd.Process().LogTail(6000))
+		}
 		if err := b.Close(context.Background()); err != nil {
 			t.Errorf("close own test bed: %v", err)
 		}

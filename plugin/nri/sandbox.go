@@ -51,12 +51,16 @@ type SandboxGate struct {
 	verdicts map[string]*enforce.Decision // by target digest
 	at       time.Time                    // when they were made
 	running  bool
+	now      func() time.Time
 }
 
 // sandboxRetry is how soon a denied sandbox image is decided again when a
-// pod asks: a newly signed or scanned image is admitted without waiting for
-// the periodic decision.
-const sandboxRetry = 30 * time.Second
+// pod asks, so that a newly signed or scanned image is admitted at kubelet's
+// next try rather than at the periodic decision. That decision is made from
+// cached facts (no registry is waited on inside containerd's call; missing
+// facts are verified in the background for the try after), so it is cheap:
+// the bound only keeps a burst of pods from each writing an audit line.
+const sandboxRetry = time.Second
 
 type sandboxBox struct{ d SandboxDecider }
 
@@ -66,7 +70,7 @@ func NewSandboxGate(name string, d SandboxDecider, images SandboxImages, log *sl
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	g := &SandboxGate{images: images, log: log, verdicts: map[string]*enforce.Decision{}}
+	g := &SandboxGate{images: images, log: log, verdicts: map[string]*enforce.Decision{}, now: time.Now}
 	if name != "" {
 		n, err := reference.ParseNormalizedNamed(name)
 		if err != nil {
@@ -105,8 +109,9 @@ func (g *SandboxGate) targets(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// AdmitSandbox answers from the verdicts already made; content not decided
-// yet is refused while it is decided in the background.
+// AdmitSandbox answers from the verdicts already made. A denial older than
+// sandboxRetry is decided again from cached facts first; content not
+// decided yet is refused while it is decided in the background.
 func (g *SandboxGate) AdmitSandbox(ctx context.Context) error {
 	tgts, err := g.targets(ctx)
 	if err != nil {
@@ -123,10 +128,13 @@ func (g *SandboxGate) AdmitSandbox(ctx context.Context) error {
 			g.refreshLocked(context.WithoutCancel(ctx))
 			return fmt.Errorf("%w: pullguard has not decided the sandbox image %s (%s) yet; it is deciding it now, and a retry is decided on the result", crierrors.ErrSignatureValidationFailed, g.name, t)
 		}
-		if d.Denied() {
-			if time.Since(g.at) > sandboxRetry {
-				g.refreshLocked(context.WithoutCancel(ctx))
+		if d.Denied() && g.now().Sub(g.at) > sandboxRetry {
+			if again, err := g.decideTarget(ctx, g.decider.Load().d, t, true); err == nil {
+				d = again
+				g.verdicts[t], g.at = d, g.now()
 			}
+		}
+		if d.Denied() {
 			return fmt.Errorf("pod sandbox refused: the sandbox image is not admitted by the cluster policy: %s", d.Message())
 		}
 	}
@@ -149,7 +157,7 @@ func (g *SandboxGate) refreshLocked(ctx context.Context) {
 	go func() {
 		verdicts := g.decideAll(ctx)
 		g.mu.Lock()
-		g.verdicts, g.at = verdicts, time.Now()
+		g.verdicts, g.at = verdicts, g.now()
 		g.running = false
 		g.mu.Unlock()
 	}()
@@ -159,7 +167,7 @@ func (g *SandboxGate) refreshLocked(ctx context.Context) {
 func (g *SandboxGate) Decide(ctx context.Context) {
 	v := g.decideAll(ctx)
 	g.mu.Lock()
-	g.verdicts, g.at = v, time.Now()
+	g.verdicts, g.at = v, g.now()
 	g.mu.Unlock()
 }
 
@@ -172,19 +180,12 @@ func (g *SandboxGate) decideAll(ctx context.Context) map[string]*enforce.Decisio
 		return out
 	}
 	for _, t := range tgts {
-		refs, err := g.images.ByTarget(ctx, t)
+		dec, err := g.decideTarget(ctx, d, t, false)
 		if err != nil {
 			g.log.Warn("sandbox image not decided", "target", t, "error", err)
 			continue
 		}
-		img := enforce.NodeImage{Refs: make([]enforce.NodeRef, len(refs))}
-		if ids := g.images.ImageIDs(t); len(ids) > 0 {
-			img.ID = ids[0]
-		}
-		for i, r := range refs {
-			img.Refs[i] = enforce.NodeRef{Name: r.Name, Digest: r.Target}
-		}
-		out[t] = d.DecideNode(ctx, enforce.NodeRequest{Op: enforce.OpSandbox, Image: img})
+		out[t] = dec
 	}
 	if len(tgts) == 0 && g.name != "" {
 		// Not on the node yet: containerd will pull it at the first pod.
@@ -198,6 +199,24 @@ func (g *SandboxGate) decideAll(ctx context.Context) map[string]*enforce.Decisio
 		}
 	}
 	return out
+}
+
+// decideTarget decides the sandbox image content t under every name
+// containerd records for it. cachedOnly decides from established facts,
+// fetching nothing (inside containerd's call).
+func (g *SandboxGate) decideTarget(ctx context.Context, d SandboxDecider, t string, cachedOnly bool) (*enforce.Decision, error) {
+	refs, err := g.images.ByTarget(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	img := enforce.NodeImage{Refs: make([]enforce.NodeRef, len(refs))}
+	if ids := g.images.ImageIDs(t); len(ids) > 0 {
+		img.ID = ids[0]
+	}
+	for i, r := range refs {
+		img.Refs[i] = enforce.NodeRef{Name: r.Name, Digest: r.Target}
+	}
+	return d.DecideNode(ctx, enforce.NodeRequest{Op: enforce.OpSandbox, Image: img, CachedOnly: cachedOnly}), nil
 }
 
 // Verdicts returns the current decisions, by target digest (status, tests).
