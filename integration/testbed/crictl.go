@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/pullguard/pullguard/daemonset/hoststate"
 )
 
 // Crictl runs crictl the way kubelet is configured: the runtime service on Endpoint and the
@@ -178,8 +180,10 @@ func (b *Bed) writeJSON(name string, v any) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("write %s: %w", name, err)
 	}
+	// Parallel tests of one bed may write the same pod's config while crictl
+	// reads it: a file truncated and rewritten in place was once read empty.
 	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, data, 0o644); err != nil {
+	if err := hoststate.WriteFileAtomic(p, data, 0o644); err != nil {
 		return "", fmt.Errorf("write %s: %w", name, err)
 	}
 	return p, nil
