@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullguard/pullguard/daemonset/hoststate"
 	"github.com/pullguard/pullguard/integration/testbed"
 	"github.com/pullguard/pullguard/plugin/running"
 	"github.com/pullguard/pullguard/plugin/trust/trusttest"
@@ -104,7 +105,7 @@ func TestRunningContainersAreRedecided(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(pg.ConfigPath, []byte(strings.Replace(string(cfg), policy("high"), policy("critical"), 1)), 0o644); err != nil {
+	if err := hoststate.WriteFileAtomic(pg.ConfigPath, []byte(strings.Replace(string(cfg), policy("high"), policy("critical"), 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	waitContainer(t, ctx, pg, "app", 30*time.Second, "admitted again after the policy change", func(c running.Container) bool { return c.Verdict == running.Admitted })

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/pullguard/pullguard/daemonset/hoststate"
 	"github.com/pullguard/pullguard/daemonset/workloads"
 	"github.com/pullguard/pullguard/integration/testbed"
 	"github.com/pullguard/pullguard/plugin/running"
@@ -247,7 +248,7 @@ func setConfig(t *testing.T, pg *testbed.Pullguard, extra string) {
 	}
 	// The bed's own part comes first; the test's part starts at its first [[signers]].
 	base := string(cfg)[:strings.Index(string(cfg), "[[signers]]")]
-	if err := os.WriteFile(pg.ConfigPath, []byte(base+extra), 0o644); err != nil {
+	if err := hoststate.WriteFileAtomic(pg.ConfigPath, []byte(base+extra), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := pg.Process().Signal(syscall.SIGHUP); err != nil {
