@@ -20,6 +20,8 @@ repo=$(cd "$here/../.." && pwd)
 cache=${PULLGUARD_NODE_CACHE:-$repo/.tools/node}
 
 log() { printf 'tools-node/install.sh: %s\n' "$*" >&2; }
+# shellcheck source=../tools/apt.sh
+. "$here/../tools/apt.sh"
 
 # mmdebstrap is pinned to bookworm's version. systemd-container is not: it must be the same
 # version as the host's systemd package, which follows bookworm's security updates.
@@ -37,19 +39,7 @@ install_apt() {
 		missing+=("mmdebstrap=$mmdebstrap_version")
 	fi
 	command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
-	if [ ${#missing[@]} -eq 0 ]; then
-		log "apt packages present (mmdebstrap $mmdebstrap_version, systemd-container)"
-		return
-	fi
-	if [ "${PULLGUARD_SKIP_APT:-}" = 1 ]; then
-		log "missing apt packages: ${missing[*]} (PULLGUARD_SKIP_APT=1, not installing)"
-		return 1
-	fi
-	local sudo=()
-	if [ "$(id -u)" != 0 ]; then sudo=(sudo); fi
-	log "apt-get update; apt-get install ${missing[*]}"
-	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	apt_install_missing "mmdebstrap $mmdebstrap_version, systemd-container" "${missing[@]}"
 }
 
 build_rootfs() {

@@ -15,6 +15,8 @@ repo=$(cd "$here/../.." && pwd)
 bin=${PULLGUARD_TOOLS_BIN:-$repo/.tools/bin}
 
 log() { printf 'install.sh: %s\n' "$*" >&2; }
+# shellcheck source=apt.sh
+. "$here/apt.sh"
 
 # The tool packages; binaries are named after the last path element.
 tools=(
@@ -37,19 +39,7 @@ install_apt() {
 	if [ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null || true)" != "install ok installed" ]; then
 		missing+=(busybox-static)
 	fi
-	if [ ${#missing[@]} -eq 0 ]; then
-		log "apt packages present (runc, busybox-static)"
-		return
-	fi
-	if [ "${PULLGUARD_SKIP_APT:-}" = 1 ]; then
-		log "missing apt packages: ${missing[*]} (PULLGUARD_SKIP_APT=1, not installing)"
-		return 1
-	fi
-	local sudo=()
-	if [ "$(id -u)" != 0 ]; then sudo=(sudo); fi
-	log "apt-get update; apt-get install ${missing[*]}"
-	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	apt_install_missing "runc, busybox-static" "${missing[@]}"
 }
 
 build_tools() {
