@@ -163,24 +163,12 @@ func removeTree(dir string) error {
 	sort.Slice(subdirs, func(i, j int) bool { return len(subdirs[i]) > len(subdirs[j]) })
 	var errs []error
 	for _, d := range subdirs {
-		killCgroupProcs(d)
+		testbed.KillCgroupProcs(d)
 		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) {
 			errs = append(errs, fmt.Errorf("rmdir %s: %w", d, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func killCgroupProcs(dir string) {
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-	if err != nil {
-		return
-	}
-	for _, f := range strings.Fields(string(b)) {
-		if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
 }
 
 // sweepStale removes what an earlier test process left behind when it died before stopping

@@ -114,7 +114,7 @@ func removeCgroups(parent string) error {
 		sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
 		// Processes still inside (containers whose shim was killed) would keep the dirs busy.
 		for _, d := range dirs {
-			killCgroupProcs(d)
+			KillCgroupProcs(d)
 		}
 		for _, d := range dirs {
 			if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) {
@@ -125,8 +125,9 @@ func removeCgroups(parent string) error {
 	return errors.Join(errs...)
 }
 
-// killCgroupProcs SIGKILLs the processes listed in a cgroup directory's cgroup.procs.
-func killCgroupProcs(dir string) {
+// KillCgroupProcs SIGKILLs the processes listed in a cgroup directory's cgroup.procs (never
+// PID 1 or this process).
+func KillCgroupProcs(dir string) {
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
 		return
