@@ -89,16 +89,5 @@ func TestBedRunsPodsAndCleansUp(t *testing.T) {
 	if _, err := waitPod(ctx, cs, "default", "left-running", 2*time.Minute, "running", running); err != nil {
 		t.Fatal(err)
 	}
-	start = time.Now()
-	if err := b.Close(ctx); err != nil {
-		t.Fatalf("close: %v", err)
-	}
-	t.Logf("bed stopped in %s", time.Since(start).Round(time.Millisecond))
-	left, err := b.Leftovers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range left {
-		t.Errorf("left behind: %s", l)
-	}
+	closeAndCheckClean(t, ctx, b)
 }

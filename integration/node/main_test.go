@@ -42,6 +42,24 @@ func startBed(t *testing.T, ctx context.Context) *Bed {
 	return b
 }
 
+// closeAndCheckClean stops the bed at the end of a test and fails it for anything the bed
+// left behind (processes, mounts, cgroups, devices, nspawn files).
+func closeAndCheckClean(t *testing.T, ctx context.Context, b *Bed) {
+	t.Helper()
+	start := time.Now()
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	t.Logf("bed stopped in %s", time.Since(start).Round(time.Millisecond))
+	left, err := b.Leftovers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range left {
+		t.Errorf("left behind: %s", l)
+	}
+}
+
 type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {

@@ -86,19 +86,7 @@ func TestPullguardOnNode(t *testing.T) {
 			t.Fatalf("step %q failed: the rest depends on it", s.name)
 		}
 	}
-
-	start := time.Now()
-	if err := b.Close(ctx); err != nil {
-		t.Fatalf("close: %v", err)
-	}
-	t.Logf("bed stopped in %s", time.Since(start).Round(time.Millisecond))
-	left, err := b.Leftovers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range left {
-		t.Errorf("left behind: %s", l)
-	}
+	closeAndCheckClean(t, ctx, b)
 }
 
 // setUp pushes the workload images (one signed by the release signer), builds and pushes
